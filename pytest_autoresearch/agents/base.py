@@ -1,0 +1,78 @@
+"""The interface every agent implements, and what it is given."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+from ..edits import Edit
+
+if TYPE_CHECKING:
+    from ..lineage import LineageView
+    from ..task import Specialist, Task
+
+
+@dataclass(frozen=True)
+class ProposalRequest:
+    """Everything an agent may read to propose one trial.
+
+    ``files`` are the parent trial's recipe files (path relative to the recipe folder -> text); ``view`` is the
+    lineage as the agent is allowed to see it; ``seed`` makes a proposal reproducible.
+    """
+
+    task: "Task"
+    specialist: "Specialist"
+    trial: int
+    parent: int
+    files: Mapping[str, str]
+    view: "LineageView"
+    seed: int
+
+
+@dataclass
+class Proposal:
+    """One trial's hypothesis and code edit.
+
+    ``parent`` may name another trial to branch from (default: the request's parent, the current best);
+    ``refused_edits`` counts edits the agent attempted outside its surface and was told so;
+    ``usage`` carries token counts and ``cost_usd``.
+    """
+
+    hypothesis: str
+    expected_delta: float | None
+    edits: list[Edit]
+    parent: int | None = None
+    kind: str = ""            # "path:region:knob:direction", so later proposals can learn per knob
+    step: float | None = None  # size of a numeric step (x2 = 2.0), so a failure backs off the size too
+    refused_edits: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    notes: str = ""
+
+
+class NoProposal(Exception):
+    """The agent ended without a valid submission; recorded as ``preflight_crash`` with this reason."""
+
+    def __init__(self, reason: str, usage: Mapping[str, Any] | None = None, model: str | None = None) -> None:
+        super().__init__(reason)
+        self.usage = dict(usage or {})
+        self.model = model
+
+
+class AgentStop(Exception):
+    """The agent will propose no more this session (a cost or token cap); remaining trials are skipped."""
+
+
+class AgentFatal(Exception):
+    """The agent cannot work at all (bad credentials); the run stops with a non-zero exit status."""
+
+
+class Proposer(Protocol):
+    """An agent. ``name`` is recorded in every record's ``agent`` key."""
+
+    name: str
+
+    def propose(self, request: ProposalRequest) -> Proposal: ...
+
+    def describe(self) -> str:
+        """One line for the run header: name and model(s)."""
+        ...

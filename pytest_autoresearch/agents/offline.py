@@ -1,0 +1,294 @@
+"""The offline agent: real edits inside a specialist's surface, steered by the lineage, no network.
+
+Candidates come from three places: the numeric constants, booleans and named options written in the
+specialist's regions (generic, so a new task needs no catalog), the task's catalog of known techniques,
+and the specialist's own earlier wins that the current best does not contain yet. Each candidate is
+weighted by what the lineage says about its knob and direction, then one is drawn with a seeded RNG.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..edits import Edit, EditError, apply_edits, content_hash, split_regions
+from ..lineage import Record
+from .base import NoProposal, Proposal, ProposalRequest
+
+_NUM = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
+ASSIGN_RE = re.compile(rf"^(?P<head>\s*(?P<name>[A-Za-z_]\w*)\s*(?::\s*[\w\[\]., ]+)?=\s*)"
+                       rf"(?P<value>{_NUM}|True|False)(?P<tail>\s*(?:#.*)?)$")
+OPTION_RE = re.compile(r"^(?P<head>\s*(?P<name>[A-Za-z_]\w*)\s*=\s*)(?P<q>[\"'])(?P<value>[^\"']*)(?P=q)"
+                       r"(?P<tail>\s*#.*?options:\s*(?P<opts>[\w.+-]+(?:\s*\|\s*[\w.+-]+)+).*)$")
+KWARG_RE = re.compile(rf"(?<![\w.])(?P<name>[A-Za-z_]\w*)=(?P<value>{_NUM})(?![\w.])")
+RANGE_RE = re.compile(rf"range:\s*(?P<lo>{_NUM})\s*\.\.\s*(?P<hi>{_NUM})")
+FAILED = ("budget_overrun", "gate_miss", "crash", "size_blocked")
+
+
+@dataclass
+class Candidate:
+    knob: str             # "train.py:opt:lr"
+    direction: str        # "up" | "down" | "toggle" | "=value" | "catalog" | "reapply"
+    factor: float         # size of the step (1.0 for non-numeric changes)
+    edits: list[Edit]
+    describe: str
+    weight: float = 1.0
+    evidence: list[str] = field(default_factory=list)
+    expected: float | None = None
+
+
+def _fmt(value: float, like: str) -> str:
+    if re.fullmatch(r"[-+]?\d+", like):
+        return str(int(round(value)))
+    s = f"{value:.4g}"
+    return s if any(c in s for c in ".eE") else s + ".0"
+
+
+def _unique_search(text: str, line: str, lines: list[str], idx: int) -> str:
+    """Grow ``line`` with preceding lines until it occurs once in ``text``."""
+    start, search = idx, line
+    while text.count(search) > 1 and start > 0:
+        start -= 1
+        search = "".join(lines[start:idx + 1])
+    return search
+
+
+def _numeric_steps(v: float, is_int: bool) -> list[tuple[float, str, float]]:
+    """(new value, direction, step factor) for a numeric knob."""
+    if is_int:
+        if v == 0:
+            return [(1, "up", 2.0)]
+        if abs(v) < 4:
+            return [(v + 1, "up", (v + 1) / v if v else 2.0), (v - 1, "down", v / (v - 1) if v - 1 else 2.0)]
+        out = []
+        for f in (0.5, 0.75, 1.25, 2.0):
+            nv = int(round(v * f))
+            if nv != v:
+                out.append((nv, "up" if nv > v else "down", max(f, 1 / f)))
+        return out
+    if v == 0:
+        return [(0.1, "up", 2.0)]
+    return [(v * f, "up" if (v * f > v) else "down", max(f, 1 / f)) for f in (0.5, 0.8, 1.25, 2.0)]
+
+
+def surface_candidates(files: Mapping[str, str], surface: Any) -> list[Candidate]:
+    """Every single-knob change the surface allows, found in its regions (or whole owned files)."""
+    cands: list[Candidate] = []
+    regions = surface.region_map()
+    for path in sorted(files):
+        text = files[path]
+        if not path.endswith(".py"):
+            continue
+        if surface.owns_file(path):
+            spans = [("file", text)]
+        elif path in regions:
+            spans = [(n, chunk) for n, chunk in split_regions(text) if n in regions[path]]
+        else:
+            continue
+        all_lines = text.splitlines(keepends=True)
+        line_no = 0
+        for region, chunk in (spans if spans[0][0] == "file" else split_regions(text)):
+            chunk_lines = chunk.splitlines(keepends=True)
+            if spans[0][0] == "file" or region in regions.get(path, ()):
+                for k, line in enumerate(chunk_lines):
+                    cands += _line_candidates(path, region or "file", text, line, all_lines, line_no + k)
+            line_no += len(chunk_lines)
+    return cands
+
+
+def _line_candidates(path: str, region: str, text: str, line: str, lines: list[str], idx: int) -> list[Candidate]:
+    body = line.rstrip("\n")
+    nl = line[len(body):]
+    search = _unique_search(text, line, lines, idx)
+    out: list[Candidate] = []
+
+    def cand(name: str, direction: str, factor: float, new_line: str, describe: str) -> None:
+        out.append(Candidate(f"{path}:{region}:{name}", direction, factor,
+                             [Edit(path, search, search[: len(search) - len(line)] + new_line + nl)], describe))
+
+    m = OPTION_RE.match(body)
+    if m:
+        for opt in (o.strip() for o in m["opts"].split("|")):
+            if opt != m["value"]:
+                cand(m["name"], f"={opt}", 1.0, f"{m['head']}{m['q']}{opt}{m['q']}{m['tail']}",
+                     f"set {m['name']} from '{m['value']}' to '{opt}' ({path}, region {region})")
+        return out
+    m = ASSIGN_RE.match(body)
+    if m:
+        name, value, tail = m["name"], m["value"], m["tail"]
+        if value in ("True", "False"):
+            new = "False" if value == "True" else "True"
+            cand(name, "toggle", 1.0, f"{m['head']}{new}{tail}", f"turn {name} {value}->{new} ({path}, region {region})")
+            return out
+        rng = RANGE_RE.search(tail or "")
+        lo, hi = (float(rng["lo"]), float(rng["hi"])) if rng else (-math.inf, math.inf)
+        is_int = re.fullmatch(r"[-+]?\d+", value) is not None
+        for nv, direction, factor in _numeric_steps(float(value), is_int):
+            if lo <= nv <= hi:
+                s = _fmt(nv, value)
+                cand(name, direction, factor, f"{m['head']}{s}{tail}",
+                     f"change {name} {value}->{s} ({path}, region {region})")
+        return out
+    if body.lstrip().startswith("#"):
+        return out
+    for m in KWARG_RE.finditer(body):
+        name, value = m["name"], m["value"]
+        is_int = re.fullmatch(r"[-+]?\d+", value) is not None
+        for nv, direction, factor in _numeric_steps(float(value), is_int):
+            s = _fmt(nv, value)
+            new = body[: m.start("value")] + s + body[m.end("value"):]
+            cand(name, direction, factor, new, f"change {name}={value}->{s} ({path}, region {region})")
+    return out
+
+
+def _direction_sign(direction: str) -> str | None:
+    return {"up": "down", "down": "up"}.get(direction)
+
+
+class OfflineAgent:
+    """Deterministic given ``seed``; reads the whole lineage it is shown."""
+
+    name = "offline"
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None, *, seed: int = 0) -> None:
+        self.cfg = dict(cfg or {})
+        self.seed = seed
+        self.explore = float(self.cfg.get("explore", 0.15))
+
+    def describe(self) -> str:
+        return f"offline (seed {self.seed}, no model)"
+
+    def propose(self, request: ProposalRequest) -> Proposal:
+        spec, files, view = request.specialist, dict(request.files), request.view
+        records = view.records
+        # A repeat is the same resulting code, not the same textual change: a change discarded on an old
+        # parent may still pay off on the current best, so it stays a (down-weighted) candidate.
+        tried = {r.get("content_hash") for r in records} - {None}
+        cands = surface_candidates(files, spec.surface)
+        cands += self._catalog(spec, files)
+        cands += self._reapply(request, records)
+        usable: list[Candidate] = []
+        for c in cands:
+            try:
+                after = apply_edits(files, c.edits)
+            except EditError:
+                continue
+            if after == files or content_hash(after) in tried:
+                continue
+            self._weigh(c, records, request)
+            usable.append(c)
+        if not usable:
+            raise NoProposal(f"offline agent: every change it knows inside the surface of '{spec.name}' "
+                             f"({spec.surface.describe()}) was already tried")
+        rng = random.Random(f"{self.seed}:{request.task.name}:{request.trial}:{spec.name}")
+        total = sum(c.weight for c in usable)
+        pick = rng.uniform(0, total)
+        chosen = usable[-1]
+        for c in usable:
+            pick -= c.weight
+            if pick <= 0:
+                chosen = c
+                break
+        return Proposal(hypothesis=self._hypothesis(chosen, records), expected_delta=chosen.expected,
+                        edits=chosen.edits, kind=f"{chosen.knob}:{chosen.direction}", step=chosen.factor)
+
+    # -- candidate sources ----------------------------------------------------------------------------
+    def _catalog(self, spec: Any, files: Mapping[str, str]) -> list[Candidate]:
+        out = []
+        for t in spec.catalog:
+            c = Candidate(f"catalog:{t.name}", "catalog", 1.0, list(t.edits), f"{t.name}: {t.hypothesis}",
+                          weight=2.0, expected=t.expected_delta)
+            out.append(c)
+        return out
+
+    def _reapply(self, request: ProposalRequest, records: list[Record]) -> list[Candidate]:
+        """This specialist's earlier wins (keeps, or legal improvements under the noise bar) that the best lacks."""
+        view = request.view
+        if view.best is None:
+            return []
+        lineage_of_best = {view.best["trial"]} | {r["trial"] for r in view.ancestors_of_best}
+        out = []
+        for r in records:
+            if r.get("specialist") != request.specialist.name or r["trial"] in lineage_of_best or not r.get("edits"):
+                continue
+            gain = _gain(r, view.direction)
+            if r.get("label") == "keep" or (r.get("label") == "discard" and gain is not None and gain > 0):
+                c = Candidate(f"reapply:{r['trial']}", "reapply", 1.0, [Edit.from_json(e) for e in r["edits"]],
+                              f"re-apply trial {r['trial']}'s edit ({r.get('hypothesis', '')[:80]}) on top of "
+                              f"the current best, trial {view.best['trial']}", weight=3.0 if r["label"] == "keep" else 1.5)
+                c.evidence.append(f"trial {r['trial']} ({r['label']}, Δ {_pct(r)}) was measured on parent "
+                                  f"{r.get('parent')}, which the best (trial {view.best['trial']}) does not descend from")
+                c.expected = r.get("delta_vs_best")
+                out.append(c)
+        return out
+
+    # -- lineage evidence -----------------------------------------------------------------------------
+    def _weigh(self, c: Candidate, records: list[Record], request: ProposalRequest) -> None:
+        direction = request.view.direction
+        same_knob = [r for r in records if (r.get("kind") or "").rsplit(":", 1)[0] == c.knob]
+        deltas = []
+        for r in same_knob:
+            r_dir = (r.get("kind") or "").rsplit(":", 1)[-1]
+            r_factor = float(r.get("step") or 1.0)
+            label = r.get("label")
+            gain = _gain(r, direction)
+            same = r_dir == c.direction
+            opposite = _direction_sign(r_dir) == c.direction
+            if label == "keep" and same:
+                c.weight *= 3.0
+                deltas.append(r.get("delta_vs_best"))
+                c.evidence.append(f"trial {r['trial']} moved it {r_dir} and was kept (Δ {_pct(r)})")
+            elif label == "discard" and same and gain is not None and gain > 0:
+                c.weight *= 1.5
+                c.evidence.append(f"trial {r['trial']} moved it {r_dir}: better but within noise (Δ {_pct(r)})")
+            elif label == "discard" and same:
+                c.weight *= 0.4
+                c.evidence.append(f"trial {r['trial']} moved it {r_dir} and was worse (Δ {_pct(r)})")
+            elif label == "discard" and opposite and gain is not None and gain < 0:
+                c.weight *= 1.5
+                c.evidence.append(f"trial {r['trial']} moved it {r_dir} and was worse, so this goes {c.direction}")
+            elif label in FAILED and same:
+                # Back off: the same step or a bigger one is nearly ruled out; a smaller one stays possible.
+                c.weight *= 0.05 if c.factor >= r_factor else 0.5
+                c.evidence.append(f"trial {r['trial']} moved it {r_dir} (x{r_factor:g}) and hit {label}"
+                                  + (f" ({r['notes'][:80]})" if r.get("notes") else "")
+                                  + ("; this is a smaller step" if c.factor < r_factor else ""))
+            elif label in FAILED and opposite:
+                c.weight *= 1.5
+                c.evidence.append(f"trial {r['trial']} moved it {r_dir} and hit {label}, so this goes {c.direction}")
+            elif label == "preflight_crash" and same:
+                c.weight *= 0.5
+        if not same_knob and c.direction not in ("catalog", "reapply"):
+            c.evidence.append(f"no trial among the {len(records)} recorded has changed {c.knob.split(':')[-1]} yet")
+        elif c.direction == "catalog" and not same_knob:
+            c.evidence.append(f"a known technique not yet tried in the {len(records)} recorded trials")
+        c.weight = max(c.weight, self.explore * 0.1)
+        deltas = [d for d in deltas if isinstance(d, (int, float))]
+        if deltas:
+            c.expected = sum(deltas) / len(deltas)
+        elif c.expected is None and request.view.best and isinstance(request.view.best.get("score"), (int, float)):
+            sign = -1.0 if direction == "minimize" else 1.0
+            c.expected = sign * 0.005 * abs(request.view.best["score"])
+
+    def _hypothesis(self, c: Candidate, records: list[Record]) -> str:
+        text = c.describe[0].upper() + c.describe[1:]
+        evidence = "; ".join(c.evidence[:3]) if c.evidence else f"lineage holds {len(records)} trials"
+        return f"{text}. Evidence: {evidence}."
+
+
+def _gain(r: Record, direction: str) -> float | None:
+    d = r.get("delta_vs_best")
+    if not isinstance(d, (int, float)):
+        return None
+    return -d if direction == "minimize" else d
+
+
+def _pct(r: Record) -> str:
+    p = r.get("delta_pct")
+    return f"{p:+.2f}%" if isinstance(p, (int, float)) else "n/a"
+
+
+def make_agent(cfg: Mapping[str, Any], *, seed: int) -> OfflineAgent:
+    return OfflineAgent(cfg, seed=seed)

@@ -1,0 +1,219 @@
+"""The JSONL lineage of one task: append-only records, queries, and the view agents read.
+
+One record per finished trial, written as a single ``os.write`` under a ``filelock`` sidecar lock, so
+concurrent workers never interleave. Readers skip an unterminated last line (a writer died mid-line or is
+writing now) silently and a corrupt middle line with a warning naming its line number.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import FileLock
+
+SCHEMA = 1
+LEGAL = ("baseline", "keep", "discard")
+BEST_LABELS = ("baseline", "keep")
+FAILURES = ("preflight_crash", "surface_violation", "crash", "budget_overrun", "size_blocked", "gate_miss",
+            "evaluator_error")
+AGENT_LABELS = FAILURES[:-1] + ("discard",)
+LABELS = ("baseline", "keep", "discard") + FAILURES + ("harness_error",)
+REQUIRED_KEYS = ("schema", "task", "trial", "session", "specialist", "parent", "hypothesis", "expected_delta",
+                 "label", "score", "metrics", "delta_vs_best", "commit", "diff", "train_s", "eval_s", "seeds",
+                 "agent", "usage", "notes", "started", "ended")
+
+Record = dict[str, Any]
+
+
+class LineageWarning(UserWarning):
+    pass
+
+
+@dataclass
+class LineageView:
+    """What an agent sees of the lineage when it proposes (sizes from config ``lineage.*``)."""
+
+    task: str
+    metric: str
+    direction: str
+    n_trials: int
+    best: Record | None
+    top_k: list[Record] = field(default_factory=list)
+    ancestors_of_best: list[Record] = field(default_factory=list)
+    recent: list[Record] = field(default_factory=list)
+    failures: list[Record] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    noise: float | None = None
+
+    def render(self, max_diff_lines: int = 40) -> str:
+        """A plain-text rendering for prompts and logs."""
+        lines = [f"Task {self.task}: {self.direction} {self.metric}; {self.n_trials} trials recorded."]
+        if self.noise:
+            lines.append(f"Baseline per-seed spread (std) of {self.metric}: {self.noise:.4g}.")
+        if self.best:
+            lines.append("Current best: " + one_line(self.best))
+            d = (self.best.get("diff") or "").splitlines()
+            if d:
+                lines += ["Best diff vs its parent:"] + d[:max_diff_lines]
+        for title, recs in (("Top kept", self.top_k), ("Ancestors of best", self.ancestors_of_best),
+                            ("Recent trials (all specialists)", self.recent),
+                            ("Recent failures", self.failures)):
+            if recs:
+                lines.append(f"{title}:")
+                lines += ["  " + one_line(r, notes=title == "Recent failures") for r in recs]
+        return "\n".join(lines)
+
+
+def one_line(r: Record, notes: bool = True) -> str:
+    score = "-" if r.get("score") is None else f"{r['score']:.6g}"
+    s = (f"trial {r['trial']} [{r.get('specialist')}] {r.get('label')} score={score} "
+         f"parent={r.get('parent')}: {r.get('hypothesis') or ''}")
+    if notes and r.get("notes"):
+        s += f" | notes: {r['notes']}"
+    return s
+
+
+class Lineage:
+    """``<dir>/lineage.jsonl`` with its ``.lock`` sidecar and a trial-number counter."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(self.path) + ".lock")
+        self._counter = self.path.with_name("next_trial")
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def append(self, record: Record) -> None:
+        """Append one record as a single write; the caller may hold ``self.lock`` already (it is reentrant)."""
+        missing = [k for k in REQUIRED_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"lineage record for trial {record.get('trial')} lacks keys {missing}")
+        data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        with self.lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                self._terminate_torn_line(fd)
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+    def _terminate_torn_line(self, fd: int) -> None:
+        # A writer killed mid-line leaves no newline; start on a fresh line so our record stays readable.
+        size = os.fstat(fd).st_size
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    os.write(fd, b"\n")
+
+    def claim_trial(self) -> int:
+        """The next trial number, unique across processes, continuing the task's numbering."""
+        with self.lock:
+            known = max((r["trial"] for r in self.records(quiet=True)), default=-1) + 1
+            try:
+                counted = int(self._counter.read_text())
+            except (FileNotFoundError, ValueError):
+                counted = 0
+            n = max(known, counted, 1)
+            self._counter.write_text(str(n + 1))
+            return n
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def records(self, quiet: bool = False) -> list[Record]:
+        return list(self._iter(quiet))
+
+    def _iter(self, quiet: bool) -> Iterator[Record]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        lines = raw.split(b"\n")
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            last = i == len(lines)  # no newline after it: torn, or being written right now
+            try:
+                rec = json.loads(line.decode("utf-8"))
+                if not isinstance(rec, dict) or not isinstance(rec.get("trial"), int):
+                    raise ValueError("not a trial record")
+            except (ValueError, UnicodeDecodeError) as e:
+                if not last and not quiet:
+                    warnings.warn(f"{self.path}:{i}: skipping corrupt lineage line ({e})", LineageWarning,
+                                  stacklevel=3)
+                continue
+            if last and not quiet:
+                warnings.warn(f"{self.path}:{i}: skipping unterminated last line", LineageWarning, stacklevel=3)
+            if not last:
+                yield rec
+
+    def get(self, trial: int) -> Record | None:
+        for r in self.records(quiet=True):
+            if r["trial"] == trial:
+                return r
+        return None
+
+
+# -- queries over a list of records (pure functions, easy to test) -------------------------------------
+def _scored(records: list[Record], labels: tuple[str, ...]) -> list[Record]:
+    return [r for r in records if r.get("label") in labels and isinstance(r.get("score"), (int, float))]
+
+
+def ranked(records: list[Record], direction: str, labels: tuple[str, ...] = BEST_LABELS) -> list[Record]:
+    """Records with ``labels``, best first (ties: earlier trial first)."""
+    sign = 1 if direction == "minimize" else -1
+    return sorted(_scored(records, labels), key=lambda r: (sign * r["score"], r["trial"]))
+
+
+def best(records: list[Record], direction: str) -> Record | None:
+    r = ranked(records, direction)
+    return r[0] if r else None
+
+
+def top_k(records: list[Record], direction: str, k: int) -> list[Record]:
+    return ranked(records, direction)[:k]
+
+
+def ancestors(records: list[Record], trial: int) -> list[Record]:
+    """The chain from ``trial``'s parent back to the baseline, nearest first."""
+    by = {r["trial"]: r for r in records}
+    out, seen = [], {trial}
+    cur = by.get(trial)
+    while cur is not None and cur.get("parent") is not None and cur["parent"] not in seen:
+        seen.add(cur["parent"])
+        cur = by.get(cur["parent"])
+        if cur is not None:
+            out.append(cur)
+    return out
+
+
+def recent(records: list[Record], n: int) -> list[Record]:
+    return sorted(records, key=lambda r: r["trial"])[-n:] if n > 0 else []
+
+
+def failures(records: list[Record], n: int) -> list[Record]:
+    return recent([r for r in records if r.get("label") in FAILURES], n)
+
+
+def baseline_noise(records: list[Record]) -> float | None:
+    """Standard deviation of the baseline's per-seed objective values, when it had at least two seeds."""
+    base = next((r for r in records if r.get("trial") == 0 and r.get("label") == "baseline"), None)
+    vals = (base or {}).get("metrics", {}).get("score_per_seed") or []
+    vals = [float(v) for v in vals if isinstance(v, (int, float))]
+    if len(vals) < 2:
+        return None
+    m = sum(vals) / len(vals)
+    return (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+
+
+def make_view(task: str, metric: str, direction: str, records: list[Record], *, top: int = 5,
+              n_recent: int = 10, n_failures: int = 5) -> LineageView:
+    b = best(records, direction)
+    return LineageView(
+        task=task, metric=metric, direction=direction, n_trials=len(records), best=b,
+        top_k=top_k(records, direction, top), ancestors_of_best=ancestors(records, b["trial"]) if b else [],
+        recent=recent(records, n_recent), failures=failures(records, n_failures), records=list(records),
+        noise=baseline_noise(records))

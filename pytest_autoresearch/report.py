@@ -1,0 +1,66 @@
+"""Tables for the terminal: one live line per trial and the end-of-run summary (tabulate)."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tabulate import tabulate
+
+from .lineage import LABELS, Record, baseline_noise, best
+
+
+def fmt_score(v: Any) -> str:
+    return "-" if not isinstance(v, (int, float)) else f"{v:.6g}"
+
+
+def live_line(nodeid_slot: str, r: Record) -> str:
+    """``trial-03 #17 [opt] keep score=12.3 Δ-2.10% train 3.1s | hypothesis``"""
+    d = r.get("delta_pct")
+    delta = f"Δ{d:+.2f}%" if isinstance(d, (int, float)) else ""
+    t = f"train {r['train_s']:.1f}s" if isinstance(r.get("train_s"), (int, float)) else ""
+    extra = r.get("notes") if r.get("label") not in ("keep", "discard", "baseline") else r.get("hypothesis")
+    return (f"{nodeid_slot} #{r['trial']} [{r.get('specialist')}] {r.get('label')} score={fmt_score(r.get('score'))} "
+            f"{delta} {t} | {(extra or '')[:110]}").replace("  ", " ")
+
+
+def task_summary(task: str, records: list[Record], direction: str, metric: str, session: str | None,
+                 wall_s: float | None) -> str:
+    """The summary block for one task: headline, labels, specialists."""
+    if not records:
+        return f"{task}: no trials recorded"
+    base = next((r for r in records if r["trial"] == 0), None)
+    b = best(records, direction)
+    this = [r for r in records if r.get("session") == session and r["trial"] != 0] if session else []
+    noise = baseline_noise(records)
+    spread = f"±{noise:.3g} (std over seeds)" if noise else "n/a (one seed)"
+    gain = "-"
+    if base and b and isinstance(base.get("score"), (int, float)) and base["score"]:
+        gain = f"{100.0 * (b['score'] - base['score']) / abs(base['score']):+.2f}%"
+    head = [[f"{task} ({direction} {metric})", fmt_score(base.get("score") if base else None), spread,
+             f"{fmt_score(b['score'])} (trial {b['trial']})" if b else "-", gain,
+             b.get("specialist") if b else "-", ((b or {}).get("hypothesis") or "")[:70],
+             f"{len(this)} / {len(records)}", f"{wall_s:.0f}s" if wall_s else "-"]]
+    out = [tabulate(head, headers=["task", "baseline", "baseline spread", "best", "Δ vs baseline", "by",
+                                   "hypothesis", "trials (run/all)", "wall"], tablefmt="github")]
+    counts = Counter(r.get("label") for r in records if r["trial"] != 0)
+    run_counts = Counter(r.get("label") for r in this)
+    rows = [[lab, run_counts.get(lab, 0), counts.get(lab, 0)] for lab in LABELS if counts.get(lab)]
+    if rows:
+        out.append(tabulate(rows, headers=["label", "this run", "all"], tablefmt="github"))
+    specs: dict[str, list[Record]] = {}
+    for r in records:
+        if r["trial"] != 0:
+            specs.setdefault(r.get("specialist") or "?", []).append(r)
+    srows = []
+    for name, rs in sorted(specs.items()):
+        keeps = [r for r in rs if r.get("label") == "keep"]
+        deltas = [r["delta_pct"] for r in keeps if isinstance(r.get("delta_pct"), (int, float))]
+        fails = sum(1 for r in rs if r.get("label") not in ("keep", "discard"))
+        cost = sum(float((r.get("usage") or {}).get("cost_usd") or 0.0) for r in rs)
+        srows.append([name, len(rs), len(keeps), sum(1 for r in rs if r.get("label") == "discard"), fails,
+                      f"{(min(deltas) if direction == 'minimize' else max(deltas)):+.2f}%" if deltas else "-",
+                      f"${cost:.4f}" if cost else "-"])
+    if srows:
+        out.append(tabulate(srows, headers=["specialist", "trials", "keep", "discard", "failed", "best keep Δ",
+                                            "cost"], tablefmt="github"))
+    return "\n\n".join(out)

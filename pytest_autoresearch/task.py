@@ -1,0 +1,227 @@
+"""What a task module declares: plain values the plugin reads from its fixtures.
+
+A task is a test module (``tasks/<name>/test_<name>.py``) whose fixtures return these objects. Nothing
+here knows about any particular task.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from .edits import Edit
+
+Direction = Literal["minimize", "maximize"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Wall-clock limits and seeds for one trial.
+
+    ``train_seconds`` bounds the timed phase (measured by the harness from the moment the recipe's code is
+    about to run until its process exits). ``startup_seconds`` bounds the untimed interpreter start and
+    ``preload`` imports; ``prepare_seconds`` the optional untimed ``prepare`` phase (compile warm-up, which
+    gets no data). ``eval_seconds`` bounds prediction plus evaluation.
+    """
+
+    train_seconds: float
+    eval_seconds: float
+    seeds: tuple[int, ...] = (0,)
+    prepare_seconds: float = 0.0
+    startup_seconds: float = 120.0
+    artifact_bytes: int | None = None
+    code_counts: bool = False  # the artifact includes the recipe's code bytes (Parameter Golf's rule)
+    threads: int | None = None
+    preload: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.train_seconds <= 0 or self.eval_seconds <= 0:
+            raise ValueError(f"Budget: train_seconds and eval_seconds must be > 0, got {self}")
+        if not self.seeds:
+            raise ValueError("Budget: seeds must name at least one seed")
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "preload", tuple(self.preload))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Budget":
+        """Apply config overrides (``budget.train_seconds=120``); ``None`` values keep the task default."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "seeds" in changes:
+            seeds = changes["seeds"]
+            changes["seeds"] = tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The metric a trial is scored by, and which way is better.
+
+    A trial is kept only when it beats the best by more than ``min_delta`` (absolute, in metric units) and
+    by more than ``noise_sigmas`` standard errors of the baseline's per-seed spread.
+    """
+
+    metric: str
+    direction: Direction
+    min_delta: float = 0.0
+    noise_sigmas: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("minimize", "maximize"):
+            raise ValueError(f"Objective.direction must be 'minimize' or 'maximize', got {self.direction!r}")
+
+    def better(self, a: float, b: float) -> bool:
+        """True when score ``a`` is strictly better than ``b``."""
+        return a < b if self.direction == "minimize" else a > b
+
+    def gain(self, score: float, reference: float) -> float:
+        """How much better ``score`` is than ``reference``, positive when better (metric units)."""
+        return reference - score if self.direction == "minimize" else score - reference
+
+
+_REGION_RE = re.compile(r"^(?P<path>[^:]+)::(?P<name>[\w.-]+)$")
+
+
+@dataclass(frozen=True)
+class Surface:
+    """What a specialist may change.
+
+    ``files`` are glob patterns (relative to the recipe folder) of files it may rewrite or create whole;
+    ``regions`` are ``"path::name"`` entries naming marked regions::
+
+        # autoresearch: begin opt
+        lr = 0.2
+        # autoresearch: end opt
+
+    Text outside a specialist's regions, the marker lines themselves included, must stay byte-identical.
+    """
+
+    files: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", tuple(self.files))
+        object.__setattr__(self, "regions", tuple(self.regions))
+        for r in self.regions:
+            if not _REGION_RE.match(r):
+                raise ValueError(f"Surface region {r!r} must look like 'path/to/file.py::name'")
+
+    def region_map(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
+        for r in self.regions:
+            m = _REGION_RE.match(r)
+            assert m is not None
+            out.setdefault(m["path"], []).append(m["name"])
+        return {k: tuple(v) for k, v in out.items()}
+
+    def owns_file(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pat) for pat in self.files)
+
+    def touches(self, path: str) -> bool:
+        return self.owns_file(path) or path in self.region_map()
+
+    def describe(self) -> str:
+        parts = [f"whole file {p}" for p in self.files]
+        parts += [f"region '{n}' of {p}" for p, names in self.region_map().items() for n in names]
+        return "; ".join(parts) or "(nothing)"
+
+
+@dataclass(frozen=True)
+class Technique:
+    """A known technique a task offers its specialists (used by the offline agent's catalog)."""
+
+    name: str
+    hypothesis: str
+    edits: tuple[Edit, ...]
+    expected_delta: float | None = None
+
+
+@dataclass(frozen=True)
+class Specialist:
+    """A named agent role that owns one surface of the recipe."""
+
+    name: str
+    surface: Surface
+    brief: str
+    catalog: tuple[Technique, ...] = ()
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z][\w-]*", self.name):
+            raise ValueError(f"Specialist name {self.name!r} must be an identifier")
+        object.__setattr__(self, "catalog", tuple(self.catalog))
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """The task-owned side of a trial: data staging and scoring, run in processes of their own.
+
+    ``script`` is a Python file outside the recipe folder defining::
+
+        def stage(ctx) -> None        # optional: write recipe-visible data to ctx.public_dir and
+                                      # evaluator-only data (labels, validation split) to ctx.private_dir
+        def evaluate(ctx) -> dict     # metrics from the recipe's outputs; ctx.private_dir holds its data
+
+    ``options`` reach both (and key the staged-data cache); ``forbidden`` are regular expressions that must
+    not appear in any text an agent adds to the recipe (e.g. the loader of the held-out labels).
+    """
+
+    script: Path
+    function: str = "evaluate"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    forbidden: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "script", Path(self.script).resolve())
+        object.__setattr__(self, "forbidden", tuple(self.forbidden))
+        if not self.script.is_file():
+            raise ValueError(f"Evaluator script {self.script} does not exist")
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything the harness needs about one task, gathered from the module's fixtures."""
+
+    name: str
+    module_path: Path
+    baseline_recipe: Path
+    budget: Budget
+    legality: tuple[Any, ...]
+    evaluator: Evaluator
+    objective: Objective
+    specialists: tuple[Specialist, ...]
+    variant: str = "mini"
+    brief: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.baseline_recipe.is_dir():
+            raise ValueError(f"task {self.name}: baseline_recipe {self.baseline_recipe} is not a folder")
+        if not (self.baseline_recipe / "train.py").is_file():
+            raise ValueError(f"task {self.name}: {self.baseline_recipe}/train.py (with train(ctx)) is missing")
+        if not self.specialists:
+            raise ValueError(f"task {self.name}: the specialists fixture returned no specialists")
+        names = [s.name for s in self.specialists]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task {self.name}: specialist names repeat: {names}")
+        try:
+            self.evaluator.script.relative_to(self.baseline_recipe.resolve())
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"task {self.name}: the evaluator script must live outside the recipe folder")
+
+    def specialist(self, name: str) -> Specialist:
+        for s in self.specialists:
+            if s.name == name:
+                return s
+        raise KeyError(f"task {self.name} has no specialist {name!r} (has {[s.name for s in self.specialists]})")
+
+
+def task_name_for(module_path: Path) -> str:
+    """``tasks/airbench/test_airbench.py`` -> ``airbench``."""
+    stem = module_path.stem
+    return stem[len("test_"):] if stem.startswith("test_") else stem
+
+
+FIXTURES: Sequence[str] = ("baseline_recipe", "budget", "legality", "evaluator", "objective", "specialists")
+Check = Callable[..., Any]

@@ -1,0 +1,35 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+class ToyRun:
+    """Runs pytest in a real subprocess inside ``root``, where tests write toy tasks."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        e = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "PYTEST_ADDOPTS")}
+        e.update({"TOY_SCRIPT": str(self.root / "script.json"), "PYTHONDONTWRITEBYTECODE": "1"})
+        e.update(env or {})
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rfExXs", *args],
+                              cwd=self.root, env=e, capture_output=True, text=True, timeout=timeout)
+        proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+        return proc
+
+    def records(self, task: str = "toy", lineage: Path | None = None) -> list[dict[str, Any]]:
+        path = (lineage or self.root / ".autoresearch") / task / "lineage.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> ToyRun:
+    return ToyRun(tmp_path)
