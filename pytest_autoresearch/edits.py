@@ -58,6 +58,9 @@ def apply_edits(files: Files, edits: tuple[Edit, ...] | list[Edit]) -> dict[str,
             continue
         if e.path not in out:
             raise EditError(f"edit {i}: {e.path} does not exist in the recipe (files: {sorted(out)})")
+        if not e.search and out[e.path] == "":
+            out[e.path] = e.replace  # an empty file has nothing to search for: write it whole
+            continue
         n = out[e.path].count(e.search) if e.search else 0
         if n != 1:
             what = "is empty" if not e.search else f"matches {n} times" if n else "was not found"

@@ -136,19 +136,18 @@ class Lineage:
             if not line.strip():
                 continue
             last = i == len(lines)  # no newline after it: torn, or being written right now
+            if last:
+                continue  # no newline yet: torn by a dead writer, or being written right now
             try:
                 rec = json.loads(line.decode("utf-8"))
                 if not isinstance(rec, dict) or not isinstance(rec.get("trial"), int):
                     raise ValueError("not a trial record")
             except (ValueError, UnicodeDecodeError) as e:
-                if not last and not quiet:
+                if not quiet:
                     warnings.warn(f"{self.path}:{i}: skipping corrupt lineage line ({e})", LineageWarning,
                                   stacklevel=3)
                 continue
-            if last and not quiet:
-                warnings.warn(f"{self.path}:{i}: skipping unterminated last line", LineageWarning, stacklevel=3)
-            if not last:
-                yield rec
+            yield rec
 
     def get(self, trial: int) -> Record | None:
         for r in self.records(quiet=True):

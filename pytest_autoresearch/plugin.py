@@ -139,6 +139,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _write_header(session.config, name)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under xdist the controller collects nothing itself: name the tasks from a worker's item ids."""
+    from .task import task_name_for
+
+    config = node.config
+    for nodeid in ids:
+        if "[trial-" in nodeid:
+            _write_header(config, task_name_for(Path(nodeid.split("::")[0])))
+
+
 class _LiveLines:
     """One live line per trial. Registered per config because logreport hooks get no config argument;
     under xdist this runs on the controller, from the workers' reports."""
@@ -186,8 +197,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         lin = Lineage(sess.root / name / "lineage.jsonl")
         records = lin.records(quiet=True)
         base = next((r for r in records if r.get("trial") == 0), {})
+        this_run = {r["trial"] for r in sess.records.values() if r.get("task") == name}
         terminalreporter.write_line(task_summary(name, records, base.get("direction", "minimize"),
-                                                 base.get("metric", "score"), sess.session_id,
+                                                 base.get("metric", "score"), this_run,
                                                  time.monotonic() - sess.started))
         terminalreporter.write_line(f"lineage: {lin.path}   history: git -C {lin.path.parent / 'repo'} log --all")
     if sess.stop_reason:

@@ -23,14 +23,14 @@ def live_line(nodeid_slot: str, r: Record) -> str:
             f"{delta} {t} | {(extra or '')[:110]}").replace("  ", " ")
 
 
-def task_summary(task: str, records: list[Record], direction: str, metric: str, session: str | None,
+def task_summary(task: str, records: list[Record], direction: str, metric: str, this_run: set[int],
                  wall_s: float | None) -> str:
     """The summary block for one task: headline, labels, specialists."""
     if not records:
         return f"{task}: no trials recorded"
     base = next((r for r in records if r["trial"] == 0), None)
     b = best(records, direction)
-    this = [r for r in records if r.get("session") == session and r["trial"] != 0] if session else []
+    this = [r for r in records if r["trial"] in this_run and r["trial"] != 0]
     noise = baseline_noise(records)
     spread = f"±{noise:.3g} (std over seeds)" if noise else "n/a (one seed)"
     gain = "-"

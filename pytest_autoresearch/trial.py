@@ -17,7 +17,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .agents.base import NoProposal, Proposal, ProposalRequest
+from .agents.base import AgentFatal, AgentStop, NoProposal, Proposal, ProposalRequest
 from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden, check_surface,
                     content_hash)
 from .legality import run_checks
@@ -246,8 +246,8 @@ class TaskRun:
         ws = self.dir / "worktrees" / f"trial-{trial}"
         try:
             return self._run_trial(trial, rec, spec, parent, view, ws)
-        except (BaselineError, KeyboardInterrupt):
-            raise
+        except (BaselineError, AgentStop, AgentFatal, KeyboardInterrupt):
+            raise  # not a trial outcome: nothing ran, so nothing is recorded
         except Exception as e:
             if rec.get("label") is None:
                 rec["notes"] = f"{type(e).__name__}: {e}"

@@ -130,7 +130,7 @@ import json
 import os
 from pathlib import Path
 
-from pytest_autoresearch.agents.base import NoProposal, Proposal
+from pytest_autoresearch.agents.base import AgentFatal, AgentStop, NoProposal, Proposal
 from pytest_autoresearch.edits import Edit
 
 
@@ -149,6 +149,10 @@ class Scripted:
         step = self.script[(request.trial - 1) % len(self.script)]
         if step.get("no_proposal"):
             raise NoProposal(step["no_proposal"])
+        if step.get("stop"):
+            raise AgentStop(step["stop"])
+        if step.get("fatal"):
+            raise AgentFatal(step["fatal"])
         edits = [Edit(**e) if isinstance(e.get("replace"), str) else e for e in step["edits"]]
         return Proposal(hypothesis=step.get("hypothesis", "scripted"), expected_delta=None, edits=edits,
                         parent=step.get("parent"), kind=step.get("kind", ""))

@@ -297,6 +297,8 @@ def _block_param(block: Any) -> dict[str, Any]:
 def _with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A copy whose last block carries ``cache_control``, so each turn reads the previous turns from cache."""
     out = list(messages)
+    if out[-1]["role"] != "user":  # resuming a paused assistant turn: its blocks may not carry cache_control
+        return out
     last = dict(out[-1])
     content = last["content"]
     if isinstance(content, str):

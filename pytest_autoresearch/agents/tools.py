@@ -137,10 +137,13 @@ class Workspace:
 
     def listing(self) -> str:
         lines = [f"{p}  ({len(t.splitlines())} lines; {self.annotation(p)})" for p, t in sorted(self.files.items())]
-        owned = [pat for pat in self.specialist.surface.files if not any(ch in pat for ch in "*?[")]
-        new = [p for p in owned if p not in self.files]
+        pats = self.specialist.surface.files
+        new = [p for p in pats if not any(ch in p for ch in "*?[") and p not in self.files]
+        globs = [p for p in pats if any(ch in p for ch in "*?[")]
         if new:
             lines.append("files you may create: " + ", ".join(new))
+        if globs:
+            lines.append("you may also create files matching: " + ", ".join(globs))
         return "\n".join(lines)
 
     def view(self, args: dict) -> str:

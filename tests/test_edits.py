@@ -1,0 +1,77 @@
+"""Edits apply exactly once; surfaces are enforced by what changed, not by what the agent claims."""
+from __future__ import annotations
+
+import pytest
+
+from pytest_autoresearch.edits import (Edit, EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden,
+                                       check_surface, region_text)
+from pytest_autoresearch.task import Surface
+
+TRAIN = """import torch
+# autoresearch: begin opt
+lr = 0.1
+# autoresearch: end opt
+# autoresearch: begin arch
+width = 64
+# autoresearch: end arch
+EPOCHS = 5
+"""
+FILES = {"train.py": TRAIN, "model.py": "class M: pass\n"}
+OPT = Surface(regions=("train.py::opt",))
+
+
+def test_apply_replaces_exactly_one_match():
+    out = apply_edits(FILES, [Edit("train.py", "lr = 0.1", "lr = 0.2")])
+    assert "lr = 0.2" in out["train.py"] and FILES["train.py"].count("lr = 0.1") == 1
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (Edit("train.py", "lr = 9", "x"), "was not found"),
+    (Edit("train.py", "# autoresearch: end", "x"), "matches 2 times"),
+    (Edit("nope.py", "a", "b"), "does not exist"),
+    (Edit("../evil.py", "a", "b"), "leaves the recipe folder"),
+    (Edit("model.py", "", "x", create=True), "already exists"),
+])
+def test_edits_that_do_not_apply_say_why(edit, msg):
+    with pytest.raises(EditError, match=msg):
+        apply_edits(FILES, [edit])
+
+
+def test_inside_the_region_is_allowed():
+    after = apply_edits(FILES, [Edit("train.py", "lr = 0.1", "lr = 0.2\nmomentum = 0.9")])
+    check_surface(FILES, after, OPT, "opt")
+    assert region_text(after["train.py"], "opt") == "lr = 0.2\nmomentum = 0.9\n"
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (Edit("train.py", "width = 64", "width = 128"), "outside region"),
+    (Edit("train.py", "EPOCHS = 5", "EPOCHS = 1"), "outside region"),
+    (Edit("train.py", "# autoresearch: end opt\n", ""), "outside region"),
+    (Edit("model.py", "pass", "x = 1"), "outside the surface"),
+    (Edit("new.py", "", "x = 1", create=True), "creates new.py"),
+])
+def test_outside_the_surface_is_a_violation(edit, msg):
+    after = apply_edits(FILES, [edit])
+    with pytest.raises(SurfaceViolation, match=msg):
+        check_surface(FILES, after, OPT, "opt")
+
+
+def test_file_globs_allow_whole_files_and_new_files():
+    s = Surface(files=("models/*.py",))
+    before = {"models/a.py": "x = 1\n"}
+    after = apply_edits(before, [Edit("models/b.py", "", "y = 2\n", create=True), Edit("models/a.py", "x = 1", "x = 3")])
+    check_surface(before, after, s, "arch")
+
+
+def test_forbidden_text_is_refused_only_when_added():
+    before = {"train.py": "path = 'public/x.npy'\n"}
+    after = apply_edits(before, [Edit("train.py", "public", "private")])
+    with pytest.raises(SurfaceViolation, match="evaluator-owned"):
+        check_forbidden(before, after, (r"private",))
+    check_forbidden(before, before, (r"public",))
+
+
+def test_compile_check_names_file_and_line():
+    bad = {"train.py": "x = (\n"}
+    with pytest.raises(EditError, match=r"train.py does not compile.*line 1"):
+        check_compiles(bad, {"train.py"})

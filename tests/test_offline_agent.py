@@ -1,0 +1,110 @@
+"""The offline agent reads the lineage: it follows wins, backs off failures, never repeats, re-applies wins."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from toytask import write_toy_task
+
+from pytest_autoresearch import Budget, Evaluator, Objective, Specialist, Surface, Technique
+from pytest_autoresearch.agents.base import NoProposal, ProposalRequest
+from pytest_autoresearch.agents.offline import OfflineAgent, surface_candidates
+from pytest_autoresearch.edits import Edit, apply_edits, check_surface, content_hash
+from pytest_autoresearch.lineage import make_view
+from pytest_autoresearch.task import Task
+
+OPT = Specialist("opt", Surface(regions=("train.py::opt",)), "optimizer")
+
+
+@pytest.fixture
+def task(tmp_path: Path) -> Task:
+    d = write_toy_task(tmp_path)
+    return Task(name="toy", module_path=d / "test_toy.py", baseline_recipe=d / "recipe",
+                budget=Budget(train_seconds=10, eval_seconds=10), legality=(), evaluator=Evaluator(d / "evaluator.py"),
+                objective=Objective("mse", "minimize"), specialists=(OPT,))
+
+
+def files_of(task: Task) -> dict[str, str]:
+    return {"train.py": (task.baseline_recipe / "train.py").read_text()}
+
+
+def request(task: Task, records: list[dict], trial: int = 5, spec: Specialist = OPT, files=None) -> ProposalRequest:
+    view = make_view("toy", "mse", "minimize", records)
+    return ProposalRequest(task=task, specialist=spec, trial=trial, parent=view.best["trial"],
+                           files=files or files_of(task), view=view, seed=0)
+
+
+def record(trial, label, kind, delta=None, parent=0, score=1.0, step=1.25, **kw):
+    return {"trial": trial, "label": label, "kind": kind, "delta_vs_best": delta, "parent": parent, "score": score,
+            "step": step, "specialist": "opt", "hypothesis": f"h{trial}", "notes": "", "metrics": {},
+            "delta_pct": None if delta is None else delta * 100, **kw}
+
+
+BASE = {"trial": 0, "label": "baseline", "score": 1.0, "parent": None, "specialist": "baseline", "metrics": {},
+        "kind": ""}
+
+
+def test_generic_candidates_stay_inside_the_surface_and_respect_ranges(task):
+    files = files_of(task)
+    cands = surface_candidates(files, OPT.surface)
+    knobs = {c.knob.split(":")[-1] for c in cands}
+    assert {"steps", "lr", "sleep_s", "pad"} <= knobs and "use_bias" not in knobs
+    for c in cands:
+        check_surface(files, apply_edits(files, c.edits), OPT.surface, "opt")
+    steps = [c for c in cands if c.knob.endswith(":steps")]
+    assert all(1 <= int(c.edits[0].replace.split("=")[1].split("#")[0]) <= 2000 for c in steps)
+
+
+def test_deterministic_given_seed_and_lineage(task):
+    a = OfflineAgent(seed=3).propose(request(task, [BASE]))
+    b = OfflineAgent(seed=3).propose(request(task, [BASE]))
+    assert (a.kind, a.edits) == (b.kind, b.edits)
+    kinds = {OfflineAgent(seed=s).propose(request(task, [BASE])).kind for s in range(12)}
+    assert len(kinds) > 3, "different seeds explore different knobs"
+
+
+def test_prefers_a_direction_that_was_kept_and_cites_it(task):
+    records = [BASE, record(1, "keep", "train.py:opt:lr:up", delta=-0.2)]
+    picks = [OfflineAgent(seed=s).propose(request(task, records)) for s in range(20)]
+    lr_up = [p for p in picks if p.kind == "train.py:opt:lr:up"]
+    assert len(lr_up) >= 6, [p.kind for p in picks]
+    assert "trial 1 moved it up and was kept" in lr_up[0].hypothesis
+    assert lr_up[0].expected_delta == pytest.approx(-0.2)
+
+
+def test_backs_off_a_direction_that_overran_the_budget(task):
+    records = [BASE] + [record(i, "budget_overrun", "train.py:opt:steps:up", step=2.0, notes="train: exceeded 10s")
+                        for i in (1, 2)]
+    picks = [OfflineAgent(seed=s).propose(request(task, records)) for s in range(40)]
+    big_up = [p for p in picks if p.kind == "train.py:opt:steps:up" and p.step >= 2.0]
+    down = [p for p in picks if p.kind == "train.py:opt:steps:down"]
+    assert not big_up
+    assert down and "hit budget_overrun, so this goes down" in down[0].hypothesis
+
+
+def test_never_repeats_code_already_measured(task):
+    files = files_of(task)
+    only = Specialist("opt", Surface(regions=("train.py::opt",)), "x")
+    cands = surface_candidates(files, only.surface)
+    measured = [BASE] + [record(i + 1, "discard", c.knob + ":" + c.direction,
+                                content_hash=content_hash(apply_edits(files, c.edits))) for i, c in enumerate(cands)]
+    with pytest.raises(NoProposal, match="already tried"):
+        OfflineAgent(seed=0).propose(request(task, measured, trial=len(measured)))
+
+
+def test_reapplies_its_own_win_that_the_best_lacks(task):
+    # Trial 2 (opt) improved on the baseline; trial 3 (arch) then became best from another branch.
+    win = Edit("train.py", "lr = 0.1", "lr = 0.15")
+    records = [BASE, record(2, "keep", "train.py:opt:lr:up", delta=-0.1, score=0.9, edits=[win.to_json()]),
+               {**record(3, "keep", "train.py:arch:use_bias:toggle", delta=-0.2, score=0.8), "specialist": "arch"}]
+    picks = [OfflineAgent(seed=s).propose(request(task, records, trial=4)) for s in range(10)]
+    re = [p for p in picks if p.kind.startswith("reapply:2")]
+    assert re and re[0].edits == [win]
+    assert "does not descend from" in re[0].hypothesis
+
+
+def test_catalog_techniques_are_proposed(task):
+    tech = Technique("lookahead", "Average weights.", (Edit("train.py", "lr = 0.1", "lr = 0.1\nlookahead = True"),))
+    spec = Specialist("opt", Surface(regions=("train.py::opt",)), "x", catalog=(tech,))
+    picks = [OfflineAgent(seed=s).propose(request(task, [BASE], spec=spec)) for s in range(30)]
+    assert any(p.kind == "catalog:lookahead:catalog" and "Average weights." in p.hypothesis for p in picks)

@@ -1,0 +1,111 @@
+"""The plugin as a user meets it: header, plain run, resume, config errors, a new task, xdist, agent stops."""
+from __future__ import annotations
+
+import pytest
+from toytask import edit, write_toy_task
+
+
+def test_header_names_task_variant_device_agent_lineage_and_trials(toy):
+    write_toy_task(toy.root)
+    proc = toy.run("tasks/toy", "--autoresearch-trials", "2", "--autoresearch-agent", "offline")
+    head = [ln for ln in proc.stdout.splitlines() if ln.startswith("autoresearch: task toy")]
+    assert len(head) == 1, proc.output
+    for part in ("variant mini (auto: no CUDA)", "device cpu", "agent offline (seed 0", str(toy.root / ".autoresearch/toy"),
+                 "(0 trials)", "2 trials (slots trial-01..), numbered from #1"):
+        assert part in head[0]
+    assert proc.stdout.index(head[0]) < proc.stdout.index("toy trial-01 #1")
+    assert "autoresearch summary" in proc.stdout and "Δ vs baseline" in proc.stdout
+
+
+def test_plain_run_measures_the_recipe_once_and_records_nothing(toy):
+    write_toy_task(toy.root, gate=0.9)
+    proc = toy.run("tasks/toy", "-v")
+    assert proc.returncode == 0, proc.output
+    assert "test_toy.py::test_toy PASSED" in proc.stdout and "toy: plain run baseline score=" in proc.stdout
+    assert not (toy.root / ".autoresearch/toy/lineage.jsonl").exists()
+
+
+def test_plain_run_fails_when_the_recipe_misses_its_gate(toy):
+    write_toy_task(toy.root, gate=0.9999)
+    proc = toy.run("tasks/toy")
+    assert proc.returncode == 1 and "gate_miss" in proc.output
+
+
+def test_second_run_resumes_numbering_and_parents_from_the_best(toy):
+    write_toy_task(toy.root)
+    first = toy.run("tasks/toy", "--autoresearch-trials", "3", "--autoresearch-agent", "offline")
+    assert first.returncode == 0, first.output
+    recs = toy.records()
+    assert [r["trial"] for r in recs] == [0, 1, 2, 3]
+    second = toy.run("tasks/toy", "--autoresearch-trials", "2", "--autoresearch-agent", "offline")
+    assert "(4 trials)" in second.stdout and "numbered from #4" in second.stdout
+    recs2 = toy.records()
+    assert [r["trial"] for r in recs2] == [0, 1, 2, 3, 4, 5]
+    assert recs2[4]["session"] != recs2[1]["session"]
+    bests = [r for r in recs if r["label"] in ("baseline", "keep")]
+    best_before = min(bests, key=lambda r: r["score"])
+    assert recs2[4]["parent"] == best_before["trial"]
+    assert sum(1 for r in recs2 if r["label"] == "baseline") == 1, "the baseline is measured once per task"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("budget.trian_seconds=3", "budget.trian_seconds"),
+    ("budget.train_seconds=fast", "budget.train_seconds=fast"),
+    ("variant=huge", "variant='huge' is not one of"),
+])
+def test_bad_overrides_are_usage_errors_naming_the_key(toy, override, message):
+    write_toy_task(toy.root)
+    proc = toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-override", override)
+    assert proc.returncode == 4 and message in proc.stderr, proc.output
+
+
+def test_override_changes_the_budget(toy):
+    write_toy_task(toy.root, script=[{"edits": [edit("\nsleep_s = 0.0", "\nsleep_s = 5.0")]}])
+    toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "scripted",
+            "--autoresearch-override", "budget.train_seconds=2", "--autoresearch-override", "budget.seeds=1")
+    recs = toy.records()
+    assert recs[0]["seeds"] == [0] and recs[1]["label"] == "budget_overrun" and "exceeded 2s" in recs[1]["notes"]
+
+
+def test_unknown_agent_is_a_usage_error(toy):
+    write_toy_task(toy.root)
+    proc = toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "nosuch")
+    assert proc.returncode == 4 and "unknown agent 'nosuch'" in proc.output
+
+
+def test_a_new_task_is_one_more_test_file_with_no_plugin_change(toy):
+    write_toy_task(toy.root, name="toy")
+    write_toy_task(toy.root, name="second", steps=5)
+    proc = toy.run("tasks", "--autoresearch-trials", "1", "--autoresearch-agent", "offline")
+    assert proc.returncode == 0, proc.output
+    assert "autoresearch: task second" in proc.stdout and "autoresearch: task toy" in proc.stdout
+    assert len(toy.records("second")) == 2 and len(toy.records("toy")) == 2
+    assert toy.records("second")[0]["score"] != toy.records("toy")[0]["score"]
+
+
+def test_agent_stop_skips_the_remaining_trials(toy):
+    write_toy_task(toy.root, script=[{"edits": [edit("steps = 20", "steps = 40")]}, {"stop": "cost cap $0.10 reached"}])
+    proc = toy.run("tasks/toy", "--autoresearch-trials", "4", "--autoresearch-agent", "scripted")
+    assert proc.returncode == 0, proc.output
+    assert "1 passed, 3 skipped" in proc.stdout and "cost cap $0.10 reached" in proc.stdout
+    assert len(toy.records()) == 2
+
+
+def test_agent_fatal_stops_the_run_with_a_nonzero_status(toy):
+    write_toy_task(toy.root, script=[{"fatal": "authentication failed (HTTP 401)"}])
+    proc = toy.run("tasks/toy", "--autoresearch-trials", "3", "--autoresearch-agent", "scripted")
+    assert proc.returncode != 0
+    assert "agent scripted cannot work: authentication failed" in proc.stdout
+    assert len(toy.records()) == 1, "no trial is burned after the agent cannot work"
+
+
+def test_xdist_workers_share_one_lineage_with_unique_trial_numbers(toy):
+    write_toy_task(toy.root)
+    proc = toy.run("tasks/toy", "-n", "2", "--autoresearch-trials", "6", "--autoresearch-agent", "offline")
+    assert proc.returncode == 0, proc.output
+    recs = toy.records()
+    assert sorted(r["trial"] for r in recs) == list(range(7))
+    assert len({r["session"] for r in recs}) == 1, "one run is one session across workers"
+    assert sum(1 for ln in proc.stdout.splitlines() if "toy trial-0" in ln) == 6
+    assert "(0 trials)" in proc.stdout, "the header comes before the first trial, from the workers' collection"
+    assert "| 6 / 7" in proc.stdout
