@@ -113,12 +113,12 @@ class Lineage:
     def claim_trial(self) -> int:
         """The next trial number, unique across processes, continuing the task's numbering."""
         with self.lock:
-            known = max((r["trial"] for r in self.records(quiet=True)), default=-1) + 1
             try:
-                counted = int(self._counter.read_text())
+                n = int(self._counter.read_text())
             except (FileNotFoundError, ValueError):
-                counted = 0
-            n = max(known, counted, 1)
+                # Only claims advance the counter, so a scan is needed just once (or after it was deleted).
+                n = max((r["trial"] for r in self.records(quiet=True)), default=0) + 1
+            n = max(n, 1)
             self._counter.write_text(str(n + 1))
             return n
 

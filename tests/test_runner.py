@@ -40,9 +40,11 @@ def test_a_recipe_cannot_stop_the_clock_by_patching_time(tmp_path: Path):
 
 def test_overrun_kills_the_whole_process_group(tmp_path: Path):
     marker = tmp_path / "child_alive"
+    child = tmp_path / "child.py"
+    child.write_text(f"import time\ntime.sleep(3)\nopen({str(marker)!r}, 'w').close()\n")
     recipe = ("import subprocess, sys, time\n"
               "def train(ctx):\n"
-              f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3); open({str(marker)!r}, \"w\")'])\n"
+              f"    subprocess.Popen([sys.executable, {str(child)!r}])\n"
               "    time.sleep(60)\n")
     t = time.monotonic()
     r = _run(tmp_path, recipe, limit=1.0)
