@@ -135,9 +135,11 @@ class AutoresearchSession:
     def task_run(self, task: Task) -> TaskRun:
         run = self.runs.get(task.name)
         if run is None:
-            run = TaskRun(task, root=self.root, session_id=self.session_id, agent=self.agent,
+            # A plain run proposes nothing: no agent is built (and no API key is needed).
+            run = TaskRun(task, root=self.root, session_id=self.session_id, agent=self.agent if self.trials else None,
                           agent_name=self.agent_name, device=self.device, cfg=self.cfg)
-            self._check_variant(run)
+            if self.trials:
+                self._check_variant(run)
             self.runs[task.name] = run
         return run
 

@@ -1,6 +1,8 @@
 """The plugin as a user meets it: header, plain run, resume, config errors, a new task, xdist, agent stops."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from toytask import edit, write_toy_task
 
@@ -109,3 +111,32 @@ def test_xdist_workers_share_one_lineage_with_unique_trial_numbers(toy):
     assert sum(1 for ln in proc.stdout.splitlines() if "toy trial-0" in ln) == 6
     assert "(0 trials)" in proc.stdout, "the header comes before the first trial, from the workers' collection"
     assert "| 6 / 7" in proc.stdout
+
+
+def test_lineage_of_another_variant_is_refused(toy):
+    write_toy_task(toy.root)
+    toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-override", "variant=full",
+            "--autoresearch-override", "device=cpu")
+    assert toy.records()[0]["variant"] == "full"
+    proc = toy.run("tasks/toy", "--autoresearch-trials", "1")
+    assert "holds variant 'full' but this run is 'mini'" in proc.output and proc.returncode != 0
+    assert len(toy.records()) == 2
+
+
+def test_plain_run_builds_no_agent(toy):
+    write_toy_task(toy.root)
+    # claude without a key would fail to build; a plain run must not need it.
+    proc = toy.run("tasks/toy", "--autoresearch-agent", "claude")
+    assert proc.returncode == 0, proc.output
+
+
+def test_trial_recorded_hook_sees_each_record(toy):
+    write_toy_task(toy.root)
+    (toy.root / "conftest.py").write_text(
+        "import json\n"
+        "def pytest_autoresearch_trial_recorded(config, record):\n"
+        "    with open('mirror.jsonl', 'a') as f:\n"
+        "        f.write(json.dumps({'trial': record['trial'], 'label': record['label']}) + '\\n')\n")
+    toy.run("tasks/toy", "--autoresearch-trials", "2", "--autoresearch-agent", "offline")
+    mirrored = (toy.root / "mirror.jsonl").read_text().splitlines()
+    assert [json.loads(m)["trial"] for m in mirrored] == [1, 2]
