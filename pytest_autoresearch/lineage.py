@@ -53,7 +53,7 @@ class LineageView:
         """A plain-text rendering for prompts and logs."""
         lines = [f"Task {self.task}: {self.direction} {self.metric}; {self.n_trials} trials recorded."]
         if self.noise:
-            lines.append(f"Baseline per-seed spread (std) of {self.metric}: {self.noise:.4g}.")
+            lines.append(f"Noise: standard error of one trial's {self.metric} at the baseline: {self.noise:.4g}.")
         if self.best:
             lines.append("Current best: " + one_line(self.best))
             d = (self.best.get("diff") or "").splitlines()
@@ -198,12 +198,25 @@ def failures(records: list[Record], n: int) -> list[Record]:
 
 
 def baseline_noise(records: list[Record]) -> float | None:
-    """Standard deviation of the baseline's per-seed objective values, when it had at least two seeds."""
+    """The baseline's standard error of one trial's score: the larger of the per-seed spread over
+    sqrt(seeds) and the spread between repeated baseline runs. None when neither was measured."""
     base = next((r for r in records if r.get("trial") == 0 and r.get("label") == "baseline"), None)
-    vals = (base or {}).get("metrics", {}).get("score_per_seed") or []
-    vals = [float(v) for v in vals if isinstance(v, (int, float))]
-    if len(vals) < 2:
-        return None
+    metrics = (base or {}).get("metrics", {})
+    per_seed = _numbers(metrics.get("score_per_seed"))
+    repeats = _numbers(metrics.get("score_repeats"))
+    errs = []
+    if len(per_seed) >= 2:
+        errs.append(_std(per_seed) / len(per_seed) ** 0.5)
+    if len(repeats) >= 2:
+        errs.append(_std(repeats))
+    return max(errs) if errs else None
+
+
+def _numbers(v: Any) -> list[float]:
+    return [float(x) for x in v if isinstance(x, (int, float))] if isinstance(v, list) else []
+
+
+def _std(vals: list[float]) -> float:
     m = sum(vals) / len(vals)
     return (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
 

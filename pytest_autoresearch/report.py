@@ -32,7 +32,7 @@ def task_summary(task: str, records: list[Record], direction: str, metric: str, 
     b = best(records, direction)
     this = [r for r in records if r["trial"] in this_run and r["trial"] != 0]
     noise = baseline_noise(records)
-    spread = f"±{noise:.3g} (std over seeds)" if noise else "n/a (one seed)"
+    spread = f"±{noise:.3g} (std err)" if noise else "n/a (one seed, one run)"
     gain = "-"
     if base and b and isinstance(base.get("score"), (int, float)) and base["score"]:
         gain = f"{100.0 * (b['score'] - base['score']) / abs(base['score']):+.2f}%"

@@ -111,8 +111,10 @@ def main(argv: list[str]) -> int:
     phase, ctx_path = argv[0], argv[1]
     ctx = json.loads(Path(ctx_path).read_text(encoding="utf-8"))
     try:
-        for name in ctx.get("preload", []):
-            importlib.import_module(name)
+        # Preloads serve the recipe's phases (kept out of the timer); task code imports what it needs.
+        if phase in ("prepare", "train", "predict"):
+            for name in ctx.get("preload", []):
+                importlib.import_module(name)
         _configure_threads(ctx)
         if phase in ("stage", "evaluate"):
             mod = _load_file(Path(ctx["evaluator_script"]), "_autoresearch_evaluator")

@@ -58,17 +58,22 @@ class Objective:
     """The metric a trial is scored by, and which way is better.
 
     A trial is kept only when it beats the best by more than ``min_delta`` (absolute, in metric units) and
-    by more than ``noise_sigmas`` standard errors of the baseline's per-seed spread.
+    by more than ``noise_sigmas`` standard errors of the baseline's spread: the larger of the per-seed spread
+    and, with ``baseline_repeats`` > 1, the spread between whole repeated baseline runs (which is what machine
+    load moves, e.g. for wall-clock objectives on a shared CPU).
     """
 
     metric: str
     direction: Direction
     min_delta: float = 0.0
     noise_sigmas: float = 2.0
+    baseline_repeats: int = 1
 
     def __post_init__(self) -> None:
         if self.direction not in ("minimize", "maximize"):
             raise ValueError(f"Objective.direction must be 'minimize' or 'maximize', got {self.direction!r}")
+        if self.baseline_repeats < 1:
+            raise ValueError(f"Objective.baseline_repeats must be >= 1, got {self.baseline_repeats}")
 
     def better(self, a: float, b: float) -> bool:
         """True when score ``a`` is strictly better than ``b``."""

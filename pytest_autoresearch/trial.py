@@ -221,13 +221,32 @@ class TaskRun:
         ws = self.dir / "worktrees" / "trial-0"
         try:
             self.repo.checkout(commit, ws)
-            outcome = self.execute(ws, self._trial_dir(0))
+            outcome = self._measure_baseline(ws)
         except Exception as e:
             self._finish(rec, Outcome("harness_error", f"{type(e).__name__}: {e}"), label="harness_error")
             raise
         finally:
             self._cleanup(ws, 0)
         return self._finish(rec, outcome, label=outcome.label or "baseline")
+
+    def _measure_baseline(self, ws: Path) -> Outcome:
+        """Run the baseline ``objective.baseline_repeats`` times; its score is the mean, the spread is noise."""
+        runs: list[Outcome] = []
+        for i in range(self.task.objective.baseline_repeats):
+            outcome = self.execute(ws, self._trial_dir(0) / f"run-{i}" if i else self._trial_dir(0))
+            if outcome.label is not None:
+                return outcome
+            runs.append(outcome)
+        first = runs[0]
+        if len(runs) > 1:
+            scores = [o.score for o in runs if o.score is not None]
+            first.metrics["score_repeats"] = scores
+            first.score = sum(scores) / len(scores)
+            first.metrics[self.task.objective.metric] = first.score
+            if not self.cfg.lineage.keep_outputs:
+                for i in range(1, len(runs)):
+                    shutil.rmtree(self._trial_dir(0) / f"run-{i}" / "out", ignore_errors=True)
+        return first
 
     # -- a trial ---------------------------------------------------------------------------------------
     def run_trial(self, slot: str) -> Record:
@@ -367,7 +386,7 @@ class TaskRun:
                 label = "discard"
                 if b is not None and outcome.score is not None:
                     gain = obj.gain(outcome.score, b["score"])
-                    if gain > keep_threshold(obj, records, len(self.task.budget.seeds)):
+                    if gain > keep_threshold(obj, records):
                         label = "keep"
             if b is not None and rec["score"] is not None and rec["trial"] != 0:
                 rec["delta_vs_best"] = rec["score"] - b["score"]
@@ -403,11 +422,11 @@ class _SizeBlocked(Exception):
     pass
 
 
-def keep_threshold(objective: Any, records: list[Record], n_seeds: int) -> float:
-    """How much a trial must beat the best by to be kept: ``min_delta`` or the baseline's noise, whichever is larger."""
+def keep_threshold(objective: Any, records: list[Record]) -> float:
+    """How much a trial must beat the best by to be kept: ``min_delta``, or the noise of a difference of two
+    trials (sqrt(2) standard errors, times ``noise_sigmas``), whichever is larger."""
     t = float(objective.min_delta)
-    noise = baseline_noise(records)
-    if noise:
-        t = max(t, objective.noise_sigmas * noise * math.sqrt(2.0 / max(n_seeds, 1)))
+    se = baseline_noise(records)
+    if se:
+        t = max(t, objective.noise_sigmas * se * math.sqrt(2.0))
     return t
-

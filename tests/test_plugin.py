@@ -140,3 +140,12 @@ def test_trial_recorded_hook_sees_each_record(toy):
     toy.run("tasks/toy", "--autoresearch-trials", "2", "--autoresearch-agent", "offline")
     mirrored = (toy.root / "mirror.jsonl").read_text().splitlines()
     assert [json.loads(m)["trial"] for m in mirrored] == [1, 2]
+
+
+def test_baseline_repeats_measure_run_to_run_noise(toy):
+    write_toy_task(toy.root, repeats=3)
+    proc = toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "offline")
+    base = toy.records()[0]
+    reps = base["metrics"]["score_repeats"]
+    assert len(reps) == 3 and base["score"] == pytest.approx(sum(reps) / 3)
+    assert "(std err)" in proc.stdout
