@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 # Variables a trial may inherit. Everything else (API keys, tokens, cloud credentials) is dropped.
@@ -44,6 +45,7 @@ class PhaseResult:
     rc: int | None
     seconds: float            # train: harness-timed seconds from the start signal to exit; else wall seconds
     wall_s: float
+    cpu_s: float | None       # train: CPU seconds (user + system, kernel-accounted) from the start signal to exit
     timed_out: str | None     # None, or which limit was hit ("startup", "train", ...)
     error: dict[str, Any] | None
     result: Any
@@ -115,7 +117,7 @@ def run_phase(phase: str, ctx: dict[str, Any], *, limit_s: float, work_dir: Path
                                 cwd=ctx.get("workspace") or str(work_dir), start_new_session=True,
                                 pass_fds=(w_fd,) if w_fd is not None else ())
         timed_out: str | None = None
-        t_start = t_spawn
+        t_start, cpu_start, rusage = t_spawn, None, None
         try:
             if r_fd is not None:
                 os.close(w_fd)
@@ -123,11 +125,10 @@ def run_phase(phase: str, ctx: dict[str, Any], *, limit_s: float, work_dir: Path
                 if got is None:
                     timed_out = "startup"
                 else:
-                    t_start = got
+                    t_start, cpu_start = got
             if timed_out is None:
-                try:
-                    proc.wait(timeout=max(0.0, limit_s - (time.monotonic() - t_start)))
-                except subprocess.TimeoutExpired:
+                rusage = _wait(proc, t_start + limit_s)
+                if rusage is None:
                     timed_out = phase
             t_end = time.monotonic()
         finally:
@@ -141,12 +142,38 @@ def run_phase(phase: str, ctx: dict[str, Any], *, limit_s: float, work_dir: Path
     result = None
     if Path(ctx["result_path"]).exists():
         result = json.loads(Path(ctx["result_path"]).read_text(encoding="utf-8"))
+    cpu_s = None
+    if rusage is not None and cpu_start is not None:
+        cpu_s = max(0.0, rusage.ru_utime + rusage.ru_stime - cpu_start)
     return PhaseResult(phase=phase, rc=None if timed_out else proc.returncode, seconds=t_end - t_start,
-                       wall_s=t_end - t_spawn, timed_out=timed_out, error=error, result=result, log_path=log_path)
+                       wall_s=t_end - t_spawn, cpu_s=cpu_s, timed_out=timed_out, error=error, result=result,
+                       log_path=log_path)
 
 
-def _wait_signal(r_fd: int, proc: subprocess.Popen, startup_s: float) -> float | None:
-    """Monotonic time of the runtime's start byte; None if it did not come within ``startup_s``."""
+_NO_USAGE = SimpleNamespace(ru_utime=0.0, ru_stime=0.0)
+
+
+def _wait(proc: subprocess.Popen, deadline: float) -> Any:
+    """Reap ``proc`` by ``deadline`` (monotonic); its kernel resource usage, or None on timeout."""
+    while True:
+        if proc.returncode is not None:  # already reaped by a poll (it died during start-up)
+            return _NO_USAGE
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return _NO_USAGE
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(0.02, left))
+
+
+def _wait_signal(r_fd: int, proc: subprocess.Popen, startup_s: float) -> tuple[float, float | None] | None:
+    """Monotonic time of the runtime's start message and the CPU seconds it reported spending before it;
+    None if no message came within ``startup_s``."""
     deadline = time.monotonic() + startup_s
     while True:
         left = deadline - time.monotonic()
@@ -155,8 +182,11 @@ def _wait_signal(r_fd: int, proc: subprocess.Popen, startup_s: float) -> float |
         ready, _, _ = select.select([r_fd], [], [], min(left, 0.5))
         if ready:
             now = time.monotonic()
-            # EOF without the byte means the process died during startup; time it from here.
-            os.read(r_fd, 1)
-            return now
+            msg = os.read(r_fd, 64).decode(errors="replace").split()
+            try:  # EOF without a message means the process died during start-up; time it from here
+                cpu = float(msg[1]) if len(msg) >= 2 and msg[0] == "T" else None
+            except ValueError:
+                cpu = None
+            return now, cpu
         if proc.poll() is not None:
-            return time.monotonic()
+            return time.monotonic(), None

@@ -149,7 +149,7 @@ class TaskRun:
                 f.prepare_s = r.wall_s
                 return f
         r = run_phase("train", ctx, limit_s=b.train_seconds, work_dir=trial_dir, env=env, startup_s=b.startup_seconds)
-        res.train_s, res.startup_s = r.seconds, r.wall_s - r.seconds
+        res.train_s, res.startup_s, train_cpu = r.seconds, r.wall_s - r.seconds, r.cpu_s
         if (f := failed(r, "train", b.train_seconds)) is not None:
             f.train_s, f.prepare_s, f.startup_s = r.seconds, res.prepare_s, res.startup_s
             return f
@@ -177,9 +177,13 @@ class TaskRun:
         n = len(b.seeds)
         metrics.update(train_seconds=res.train_s / n, train_seconds_total=res.train_s, eval_seconds=eval_s,
                        prepare_seconds=res.prepare_s or 0.0, startup_seconds=res.startup_s)
+        if train_cpu is not None:
+            metrics.update(train_cpu_seconds=train_cpu / n, train_cpu_seconds_total=train_cpu)
         try:
-            metrics["train_seconds_per_seed"] = json.loads((out / "seed_seconds.json").read_text())
-        except (OSError, ValueError):
+            per_seed = json.loads((out / "seed_seconds.json").read_text())
+            metrics["train_seconds_per_seed"] = per_seed["wall"]
+            metrics["train_cpu_seconds_per_seed"] = per_seed["cpu"]
+        except (OSError, ValueError, KeyError, TypeError):
             pass
         res.metrics = metrics
         score = metrics.get(obj.metric)

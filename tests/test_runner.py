@@ -70,3 +70,12 @@ def test_environment_has_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_crash_reports_the_deepest_recipe_frame(tmp_path: Path):
     r = _run(tmp_path, "def helper():\n    raise KeyError('lr')\n\ndef train(ctx):\n    helper()\n")
     assert r.rc == 1 and r.error["in_recipe"] and r.deepest_error() == "train.py:2: KeyError: 'lr'"
+
+
+def test_cpu_seconds_count_only_the_timed_phase(tmp_path: Path):
+    # Busy work at import time (untimed preload would not count; recipe import does), then idle sleeping.
+    recipe = ("import time\n_t = time.process_time()\nwhile time.process_time() - _t < 0.4:\n    pass\n"
+              "def train(ctx):\n    time.sleep(0.8)\n")
+    r = _run(tmp_path, recipe)
+    assert r.ok and 0.35 <= r.cpu_s < 0.8, r.cpu_s
+    assert r.seconds >= 1.2, "wall seconds include the sleep; CPU seconds do not"

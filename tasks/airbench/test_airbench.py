@@ -5,8 +5,10 @@ a frozen patch-whitening 2x2 first conv, conv groups of conv + maxpool + BatchNo
 Nesterov SGD in decoupled form with lookahead (an EMA of the weights), label smoothing, flip/translate/cutout
 augmentation and test-time augmentation.
 
-Score: ``train_seconds`` (minimize) = harness-timed wall-clock of the train phase / number of seeds. The
-timer starts just before train.py is imported and stops when the process exits; torch is imported before it.
+Score (minimize), per seed, measured by the harness on the train process: full: ``train_seconds``, its
+wall-clock; mini: ``train_cpu_seconds``, its CPU seconds (one thread, so an idle core's wall-clock, without
+the drift other load on a shared machine adds). The timer starts just before train.py is imported and stops
+when the process exits; torch is imported before it. Both clocks are recorded for every trial.
 Every seed in the budget is trained in that one process (``train(ctx)`` once per seed, ``ctx.seed`` set).
 Gate: ``acc_mean`` (test accuracy averaged over the seeds) >= the threshold, else the trial is a gate_miss;
 each seed must also leave a valid ``predictions.npy`` (``outputs_valid``).
@@ -102,9 +104,12 @@ def evaluator(autoresearch_variant: str) -> Evaluator:
 
 @pytest.fixture
 def objective(autoresearch_variant: str) -> Objective:
-    # Wall-clock on a shared CPU drifts with load between runs more than between seeds within a run, so the
-    # mini baseline is measured three times and that spread sets the bar for a keep.
-    return Objective("train_seconds", "minimize", baseline_repeats=3 if autoresearch_variant == "mini" else 2)
+    if autoresearch_variant == "full":
+        return Objective("train_seconds", "minimize", baseline_repeats=2)
+    # On a shared CPU, wall-clock drifts with other load far more than the recipe changes; the mini recipe
+    # runs on one thread, so its kernel-accounted CPU seconds (measured by the harness, like the wall clock)
+    # are the wall-clock an idle core would show. Both are recorded; three baseline runs measure the noise.
+    return Objective("train_cpu_seconds", "minimize", baseline_repeats=3)
 
 
 @pytest.fixture
