@@ -60,7 +60,8 @@ class Objective:
     A trial is kept only when it beats the best by more than ``min_delta`` (absolute, in metric units) and
     by more than ``noise_sigmas`` standard errors of the baseline's spread: the larger of the per-seed spread
     and, with ``baseline_repeats`` > 1, the spread between whole repeated baseline runs (which is what machine
-    load moves, e.g. for wall-clock objectives on a shared CPU).
+    load moves, e.g. for wall-clock objectives on a shared CPU). With ``confirm_keeps``, a would-be keep is
+    run again right after the best is re-run, and kept only if it still wins side by side.
     """
 
     metric: str
@@ -68,6 +69,7 @@ class Objective:
     min_delta: float = 0.0
     noise_sigmas: float = 2.0
     baseline_repeats: int = 1
+    confirm_keeps: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in ("minimize", "maximize"):

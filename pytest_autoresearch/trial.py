@@ -334,7 +334,42 @@ class TaskRun:
         if label is not None:
             return self._finish(rec, Outcome(label, notes), label=label)
         outcome = self.execute(ws, self._trial_dir(trial))
-        return self._finish(rec, outcome, label=outcome.label)
+        label = outcome.label
+        if label is None and self.task.objective.confirm_keeps:
+            label = self._confirm(trial, ws, outcome)
+        return self._finish(rec, outcome, label=label)
+
+    def _confirm(self, trial: int, ws: Path, outcome: Outcome) -> str | None:
+        """A would-be keep is measured again right after the best is re-measured, so both see the same
+        machine; it stays a keep candidate (None) only if it still wins by the noise bar. Its score becomes
+        the mean of its two runs."""
+        obj = self.task.objective
+        records = self.lineage.records(quiet=True)
+        b = best(records, obj.direction)
+        if b is None or outcome.score is None or obj.gain(outcome.score, b["score"]) <= keep_threshold(obj, records):
+            return None
+        best_ws = self.dir / "worktrees" / f"trial-{trial}-best"
+        try:
+            self.repo.checkout(b["commit"], best_ws)
+            again_best = self.execute(best_ws, self._trial_dir(trial) / "confirm-best")
+            again = self.execute(ws, self._trial_dir(trial) / "confirm")
+        finally:
+            self._cleanup(best_ws, trial)
+            for sub in ("confirm-best", "confirm"):
+                shutil.rmtree(self._trial_dir(trial) / sub / "out", ignore_errors=True)
+        if again.label is not None or again.score is None or again_best.score is None:
+            outcome.notes = f"not confirmed: the re-run was {again.label or 'unscored'} ({again.notes})"
+            return "discard"
+        first = outcome.score
+        outcome.score = (first + again.score) / 2
+        outcome.metrics[obj.metric] = outcome.score
+        outcome.metrics["confirm"] = {"runs": [first, again.score], "best_trial": b["trial"],
+                                      "best_rerun": again_best.score}
+        if obj.gain(again.score, again_best.score) <= keep_threshold(obj, records):
+            outcome.notes = (f"not confirmed: re-run {again.score:.6g} vs best (trial {b['trial']}) re-run "
+                             f"{again_best.score:.6g}, side by side")
+            return "discard"
+        return None
 
     def _apply_proposal_meta(self, rec: Record, p: Proposal) -> None:
         rec.update(hypothesis=p.hypothesis, expected_delta=p.expected_delta, kind=p.kind, step=p.step,

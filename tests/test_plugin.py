@@ -149,3 +149,27 @@ def test_baseline_repeats_measure_run_to_run_noise(toy):
     reps = base["metrics"]["score_repeats"]
     assert len(reps) == 3 and base["score"] == pytest.approx(sum(reps) / 3)
     assert "(std err)" in proc.stdout
+
+
+def test_confirmation_reruns_a_would_be_keep_beside_the_best(toy):
+    # A real gain survives the side-by-side re-run; a lucky timing would not.
+    write_toy_task(toy.root, confirm=True, script=[{"edits": [edit("steps = 20", "steps = 200")]}])
+    toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "scripted")
+    r = toy.records()[1]
+    assert r["label"] == "keep"
+    conf = r["metrics"]["confirm"]
+    assert conf["best_trial"] == 0 and len(conf["runs"]) == 2
+    assert conf["best_rerun"] == pytest.approx(toy.records()[0]["score"], rel=1e-6), "the toy is deterministic"
+    assert r["score"] == pytest.approx(sum(conf["runs"]) / 2)
+
+
+def test_confirmation_discards_a_lucky_first_run(toy):
+    # The edit trains well only the first time it runs (a marker in the trial HOME), like a timing fluke.
+    lucky = ("import os as _os\n_m = _os.path.join(_os.environ['HOME'], 'lucky')\n"
+             "steps = 20 if _os.path.exists(_m) else 200\nopen(_m, 'w').close()")
+    write_toy_task(toy.root, confirm=True, script=[{"edits": [edit("steps = 20  # range: 1..2000", lucky)]}])
+    toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "scripted")
+    r = toy.records()[1]
+    assert r["label"] == "discard" and r["notes"].startswith("not confirmed: re-run")
+    first, again = r["metrics"]["confirm"]["runs"]
+    assert first < again

@@ -108,7 +108,7 @@ def evaluator():
 
 @pytest.fixture
 def objective():
-    return Objective("mse", "minimize", baseline_repeats={repeats})
+    return Objective("mse", "minimize", baseline_repeats={repeats}, confirm_keeps={confirm})
 
 
 @pytest.fixture
@@ -166,7 +166,8 @@ def pytest_autoresearch_register_agents(registry):
 def write_toy_task(root: Path, name: str = "toy", *, steps: int = 20, sleep_s: float = 0.0, train_extra: str = "pass",
                    train_seconds: float = 30, eval_seconds: float = 30, seeds: tuple = (0, 1),
                    artifact_bytes: int | None = None, gate: float = 0.0, options: dict[str, Any] | None = None,
-                   script: list[dict[str, Any]] | None = None, repeats: int = 1) -> Path:
+                   script: list[dict[str, Any]] | None = None, repeats: int = 1,
+                   confirm: bool = False) -> Path:
     """Write ``tasks/<name>/`` (module, recipe, evaluator) under ``root``; return the task folder."""
     d = root / "tasks" / name
     (d / "recipe").mkdir(parents=True, exist_ok=True)
@@ -174,7 +175,7 @@ def write_toy_task(root: Path, name: str = "toy", *, steps: int = 20, sleep_s: f
     (d / "evaluator.py").write_text(EVALUATOR.format())
     (d / f"test_{name}.py").write_text(MODULE.format(
         name=name, train_seconds=train_seconds, eval_seconds=eval_seconds, seeds=tuple(seeds),
-        artifact_bytes=artifact_bytes, gate=gate, repeats=repeats, options=repr(options or {}), steps=steps, more_steps=steps * 4))
+        artifact_bytes=artifact_bytes, gate=gate, repeats=repeats, confirm=confirm, options=repr(options or {}), steps=steps, more_steps=steps * 4))
     if script is not None:
         (root / "conftest.py").write_text(SCRIPTED_CONFTEST)
         (root / "script.json").write_text(json.dumps(script))

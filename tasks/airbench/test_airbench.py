@@ -8,7 +8,8 @@ augmentation and test-time augmentation.
 Score (minimize), per seed, measured by the harness on the train process: full: ``train_seconds``, its
 wall-clock; mini: ``train_cpu_seconds``, its CPU seconds (one thread, so an idle core's wall-clock, without
 the drift other load on a shared machine adds). The timer starts just before train.py is imported and stops
-when the process exits; torch is imported before it. Both clocks are recorded for every trial.
+when the process exits; torch is imported before it. Both clocks are recorded for every trial. A trial that
+would be a keep is re-run right after the best is re-run, and kept only if it still wins side by side.
 Every seed in the budget is trained in that one process (``train(ctx)`` once per seed, ``ctx.seed`` set).
 Gate: ``acc_mean`` (test accuracy averaged over the seeds) >= the threshold, else the trial is a gate_miss;
 each seed must also leave a valid ``predictions.npy`` (``outputs_valid``).
@@ -105,11 +106,11 @@ def evaluator(autoresearch_variant: str) -> Evaluator:
 @pytest.fixture
 def objective(autoresearch_variant: str) -> Objective:
     if autoresearch_variant == "full":
-        return Objective("train_seconds", "minimize", baseline_repeats=2)
+        return Objective("train_seconds", "minimize", baseline_repeats=2, confirm_keeps=True)
     # On a shared CPU, wall-clock drifts with other load far more than the recipe changes; the mini recipe
     # runs on one thread, so its kernel-accounted CPU seconds (measured by the harness, like the wall clock)
     # are the wall-clock an idle core would show. Both are recorded; three baseline runs measure the noise.
-    return Objective("train_cpu_seconds", "minimize", baseline_repeats=3)
+    return Objective("train_cpu_seconds", "minimize", baseline_repeats=3, confirm_keeps=True)
 
 
 @pytest.fixture
