@@ -136,6 +136,8 @@ def _line_candidates(path: str, region: str, text: str, line: str, lines: list[s
     for m in KWARG_RE.finditer(body):
         name, value = m["name"], m["value"]
         is_int = re.fullmatch(r"[-+]?\d+", value) is not None
+        if is_int and int(value) <= 0:
+            continue  # dim=-1, ignore_index=-1, axis=0: sentinels and axes, not knobs
         for nv, direction, factor in _numeric_steps(float(value), is_int):
             s = _fmt(nv, value)
             new = body[: m.start("value")] + s + body[m.end("value"):]
