@@ -262,6 +262,10 @@ class OfflineAgent:
                 c.evidence.append(f"trial {r['trial']} moved it {r_dir} and hit {label}, so this goes {c.direction}")
             elif label == "preflight_crash" and same:
                 c.weight *= 0.5
+        if same_knob and not c.evidence:
+            r = same_knob[-1]
+            c.evidence.append(f"trial {r['trial']} changed it ({(r.get('kind') or '').rsplit(':', 1)[-1]}) and was "
+                              f"{r.get('label')} (Δ {_pct(r)})")
         if not same_knob and c.direction not in ("catalog", "reapply"):
             c.evidence.append(f"no trial among the {len(records)} recorded has changed {c.knob.split(':')[-1]} yet")
         elif c.direction == "catalog" and not same_knob:
