@@ -156,23 +156,6 @@ def changed_lines(old: str, new: str) -> list[str]:
             if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
 
 
-def unified_diff(before: Files, after: Files) -> str:
-    out: list[str] = []
-    for path in sorted(set(before) | set(after)):
-        old, new = before.get(path, ""), after.get(path, "")
-        if old != new:
-            out.extend(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                            f"a/{path}", f"b/{path}"))
-    return "".join(out)
-
-
-def diff_signature(diff: str) -> str:
-    """A hash of a diff's changed lines, blind to hunk positions: equal for the same change on any parent."""
-    lines = [ln.rstrip() for ln in diff.splitlines()
-             if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
-    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16] if lines else ""
-
-
 def content_hash(files: Files) -> str:
     """Identity of a whole recipe tree: two trials with equal hashes ran the same code."""
     h = hashlib.sha1()
