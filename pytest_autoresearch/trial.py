@@ -276,8 +276,7 @@ class TaskRun:
                 rec["notes"] = f"{type(e).__name__}: {e}"
                 if rec.get("commit") is None:
                     try:  # keep "one commit per trial" when we can; the record matters more
-                        rec["commit"] = self.repo.commit_trial(trial, parent["commit"], None, f"trial {trial} "
-                                                               f"[{spec.name}] harness_error: {rec['notes'][:200]}", ws)
+                        self._commit_unchanged(rec, parent, ws, f"harness_error: {rec['notes']}")
                     except Exception:  # noqa: BLE001
                         pass
                 self._finish(rec, Outcome("harness_error", rec["notes"]), label="harness_error")
@@ -293,24 +292,23 @@ class TaskRun:
             proposal = self.agent.propose(request)
         except NoProposal as e:
             rec.update(usage=e.usage, agent={"name": self.agent_name, "model": e.model})
-            rec["commit"] = self.repo.commit_trial(trial, parent["commit"], None,
-                                                   f"trial {trial} [{spec.name}] no proposal: {e}", ws)
+            self._commit_unchanged(rec, parent, ws, f"no proposal: {e}")
             return self._finish(rec, Outcome("preflight_crash", f"no valid submission: {e}"), label="preflight_crash")
         self._apply_proposal_meta(rec, proposal)
         if proposal.parent is not None and proposal.parent != parent["trial"]:
             named = self.lineage.get(proposal.parent)
             if named is None or not named.get("commit") or named.get("label") not in ("baseline", "keep", "discard"):
-                return self._finish(rec, Outcome("preflight_crash", f"parent trial {proposal.parent} is not a "
-                                                 f"legal recorded trial"), label="preflight_crash", commit_from=parent,
-                                    ws=ws)
+                why = f"parent trial {proposal.parent} is not a legal recorded trial"
+                self._commit_unchanged(rec, parent, ws, f"preflight_crash: {why}")
+                return self._finish(rec, Outcome("preflight_crash", why), label="preflight_crash")
             parent = named
             rec["parent"] = parent["trial"]
             files = self.repo.files_at(parent["commit"])
         try:
             after = apply_edits(files, proposal.edits)
         except EditError as e:
-            return self._finish(rec, Outcome("preflight_crash", f"edit does not apply: {e}"),
-                                label="preflight_crash", commit_from=parent, ws=ws)
+            self._commit_unchanged(rec, parent, ws, f"preflight_crash: edit does not apply: {e}")
+            return self._finish(rec, Outcome("preflight_crash", f"edit does not apply: {e}"), label="preflight_crash")
         message = f"trial {trial} [{spec.name}] {proposal.hypothesis}\n\nparent: trial {parent['trial']}"
         changed = {p for p in set(files) | set(after) if files.get(p) != after.get(p)}
         label = None
@@ -406,13 +404,14 @@ class TaskRun:
             "direction": self.task.objective.direction,
         }
 
-    def _finish(self, rec: Record, outcome: Outcome, *, label: str | None, commit_from: Record | None = None,
-                ws: Path | None = None) -> Record:
+    def _commit_unchanged(self, rec: Record, parent: Record, ws: Path, why: str) -> None:
+        """Every trial gets a commit, even one whose code never changed: the parent's tree and the reason."""
+        rec["commit"] = self.repo.commit_trial(rec["trial"], parent["commit"], None,
+                                               f"trial {rec['trial']} [{rec['specialist']}] {why[:200]} "
+                                               f"(tree unchanged)", ws)
+
+    def _finish(self, rec: Record, outcome: Outcome, *, label: str | None) -> Record:
         """Decide keep/discard against the best *now* (under the lock) and append the record."""
-        if commit_from is not None and rec.get("commit") is None and ws is not None:
-            rec["commit"] = self.repo.commit_trial(rec["trial"], commit_from["commit"], None,
-                                                   f"trial {rec['trial']} [{rec['specialist']}] {label}: "
-                                                   f"{outcome.notes[:200]} (tree unchanged)", ws)
         rec.update(score=outcome.score, metrics=outcome.metrics, train_s=outcome.train_s, eval_s=outcome.eval_s,
                    prepare_s=outcome.prepare_s, startup_s=outcome.startup_s,
                    notes="; ".join(x for x in (outcome.notes, rec.get("notes") if label == "harness_error" else "")
