@@ -30,42 +30,52 @@ def _number(metrics: Mapping[str, Any], key: str) -> float | str:
     return f"'{key}' is {v}" if math.isnan(v) else v
 
 
+class _Bound:
+    """A gate on one metric against a fixed threshold; subclasses say which side passes."""
+
+    metric: str
+    threshold: float
+    label: str
+    _ok_symbol = _fail_symbol = ""
+
+    def _passes(self, v: float) -> bool:
+        raise TypeError  # pragma: no cover - subclasses define it
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}{self._ok_symbol}{self.threshold:g}"
+
+    def __call__(self, metrics: Mapping[str, Any], budget: Budget) -> str | None:
+        v = _number(metrics, self.metric)
+        if isinstance(v, str):
+            return v
+        return None if self._passes(v) else f"{self.metric} = {v:.4f} {self._fail_symbol} {self.threshold:g}"
+
+
 @dataclass(frozen=True)
-class MetricAtLeast:
+class MetricAtLeast(_Bound):
     """Gate: ``metrics[metric] >= threshold`` (e.g. mean accuracy over seeds >= 0.96)."""
 
     metric: str
     threshold: float
     label: str = "gate_miss"
+    _ok_symbol, _fail_symbol = ">=", "<"
 
-    @property
-    def name(self) -> str:
-        return f"{self.metric}>={self.threshold:g}"
-
-    def __call__(self, metrics: Mapping[str, Any], budget: Budget) -> str | None:
-        v = _number(metrics, self.metric)
-        if isinstance(v, str):
-            return v
-        return None if v >= self.threshold else f"{self.metric} = {v:.4f} < {self.threshold:g}"
+    def _passes(self, v: float) -> bool:
+        return v >= self.threshold
 
 
 @dataclass(frozen=True)
-class MetricAtMost:
+class MetricAtMost(_Bound):
     """Gate: ``metrics[metric] <= threshold``."""
 
     metric: str
     threshold: float
     label: str = "gate_miss"
+    _ok_symbol, _fail_symbol = "<=", ">"
 
-    @property
-    def name(self) -> str:
-        return f"{self.metric}<={self.threshold:g}"
-
-    def __call__(self, metrics: Mapping[str, Any], budget: Budget) -> str | None:
-        v = _number(metrics, self.metric)
-        if isinstance(v, str):
-            return v
-        return None if v <= self.threshold else f"{self.metric} = {v:.4f} > {self.threshold:g}"
+    def _passes(self, v: float) -> bool:
+        return v <= self.threshold
 
 
 @dataclass(frozen=True)
