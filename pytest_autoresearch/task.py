@@ -20,10 +20,12 @@ Direction = Literal["minimize", "maximize"]
 class Budget:
     """Wall-clock limits and seeds for one trial.
 
-    ``train_seconds`` bounds the timed phase (measured by the harness from the moment the recipe's code is
-    about to run until its process exits). ``startup_seconds`` bounds the untimed interpreter start and
-    ``preload`` imports; ``prepare_seconds`` the optional untimed ``prepare`` phase (compile warm-up, which
-    gets no data). ``eval_seconds`` bounds prediction plus evaluation.
+    Each seed trains in a process (and sandbox) of its own. ``train_seconds`` bounds the timed part of all
+    seeds together: each seed's clock runs from the moment the recipe's code is about to run until its process
+    tree is gone. ``startup_seconds`` bounds each process's untimed interpreter start and ``preload`` imports;
+    ``prepare_seconds`` the optional untimed ``prepare`` phase (compile warm-up, which gets no data).
+    ``predict_seconds`` bounds the timed ``predict`` phases of all seeds (None: they share ``eval_seconds``
+    with the evaluator); ``eval_seconds`` bounds the evaluator.
     """
 
     train_seconds: float
@@ -31,6 +33,7 @@ class Budget:
     seeds: tuple[int, ...] = (0,)
     prepare_seconds: float = 0.0
     startup_seconds: float = 120.0
+    predict_seconds: float | None = None
     artifact_bytes: int | None = None
     code_counts: bool = False  # the artifact includes the recipe's code bytes (Parameter Golf's rule)
     threads: int | None = None
@@ -41,6 +44,8 @@ class Budget:
             raise ValueError(f"Budget: train_seconds and eval_seconds must be > 0, got {self}")
         if not self.seeds:
             raise ValueError("Budget: seeds must name at least one seed")
+        if self.predict_seconds is not None and self.predict_seconds <= 0:
+            raise ValueError(f"Budget: predict_seconds must be > 0 or None, got {self.predict_seconds}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "preload", tuple(self.preload))
 
@@ -165,22 +170,27 @@ class Evaluator:
 
     ``script`` is a Python file outside the recipe folder defining::
 
-        def stage(ctx) -> None        # optional: write recipe-visible data to ctx.public_dir and
-                                      # evaluator-only data (labels, validation split) to ctx.private_dir
-        def evaluate(ctx) -> dict     # metrics from the recipe's outputs; ctx.private_dir holds its data
+        def stage(ctx) -> None        # write training data to ctx.train_dir (the train phase sees it),
+                                      # unlabeled test inputs to ctx.test_dir (the predict phase sees it),
+                                      # and labels / validation data to ctx.private_dir (only evaluate sees it)
+        def evaluate(ctx) -> dict     # metrics from the recipe's outputs and the private data
 
     ``options`` reach both (and key the staged-data cache); ``forbidden`` are regular expressions that must
-    not appear in any text an agent adds to the recipe (e.g. the loader of the held-out labels).
+    not appear in any text an agent adds to the recipe (an early, readable refusal: the sandbox is what stops
+    a recipe from reaching evaluator data). ``hidden`` names files or folders the recipe's sandboxes must
+    never show, e.g. the copy of a public dataset inside an installed package that the held-out set came from.
     """
 
     script: Path
     function: str = "evaluate"
     options: Mapping[str, Any] = field(default_factory=dict)
     forbidden: tuple[str, ...] = ()
+    hidden: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "script", Path(self.script).resolve())
         object.__setattr__(self, "forbidden", tuple(self.forbidden))
+        object.__setattr__(self, "hidden", tuple(Path(h) for h in self.hidden))
         if not self.script.is_file():
             raise ValueError(f"Evaluator script {self.script} does not exist")
 

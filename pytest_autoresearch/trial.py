@@ -1,6 +1,8 @@
 """One trial, start to finish: propose -> preflight -> commit -> recipe -> evaluator -> legality -> record.
 
-``TaskRun`` holds what one task needs across the trials of a session; ``run_trial`` is the whole loop body.
+``TaskRun`` holds what one task needs across the trials of a session; ``run_trial`` is the whole loop body
+and ``execute`` runs one commit's recipe: ``prepare``, then ``train`` and ``predict`` once per seed, each in a
+sandbox of its own, then the evaluator on a clean checkout and the validated outputs.
 """
 from __future__ import annotations
 
@@ -8,23 +10,28 @@ import ast
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from filelock import FileLock
-
+from . import masking
 from .agents.base import AgentFatal, AgentStop, NoProposal, Proposal, ProposalRequest
 from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden, check_surface,
                     content_hash)
+from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
-from .lineage import SCHEMA, Lineage, Record, baseline_noise, best, make_view
-from .runner import PhaseResult, run_phase, scrubbed_env
+from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, baseline_noise, best, make_view
+from .runner import Phase, PhaseResult, run_phase, scrubbed_env
+from .sandbox import Bind, Limits, Sandbox, detect, sandbox_to_json
 from .task import Task
-from .vcs import TaskRepo
+from .vcs import RepoError, TaskRepo, read_recipe
+
+STAGE_LAYOUT = 2  # bump when the staged-data layout changes, so old stagings are redone
 
 
 class BaselineError(RuntimeError):
@@ -49,20 +56,56 @@ class Outcome:
     startup_s: float | None = None
 
 
+@dataclass(frozen=True)
+class Staged:
+    """The task's staged data: what ``train`` may read, what ``predict`` may read, what only the evaluator reads."""
+
+    train: Path
+    test: Path
+    private: Path
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _top_level_functions(path: Path) -> set[str]:
+def recipe_functions(path: Path) -> tuple[set[str], str | None]:
+    """Top-level function names of ``train.py``, or the syntax error that stops it from loading."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
-        return set()
-    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        return set(), f"{path.name} cannot be read: {e.strerror}"
+    try:
+        tree = ast.parse(text, filename=path.name)
+    except SyntaxError as e:
+        line = (e.text or "").strip()
+        return set(), f"{path.name}:{e.lineno}: SyntaxError: {e.msg}" + (f": {line[:120]}" if line else "")
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}, None
+
+
+def default_memory_bytes(device: str) -> int | None:
+    """90% of physical memory per recipe process on CPU; no address-space limit on CUDA (drivers map huge ranges)."""
+    if device.startswith("cuda"):
+        return None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.9)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def build_sandbox(task: Task, cfg: Any, device: str, root: Path) -> Sandbox:
+    """The sandbox every recipe process of ``task`` runs in (raises SandboxUnavailable for mode=bwrap)."""
+    sc = cfg.sandbox
+    limits = Limits(memory_bytes=sc.memory_bytes if sc.memory_bytes is not None else default_memory_bytes(device),
+                    max_procs=sc.max_procs, open_files=sc.open_files, file_bytes=sc.file_bytes,
+                    tmp_bytes=sc.tmp_bytes, log_bytes=sc.log_bytes)
+    protected = [Path(root).resolve(), task.module_path.resolve().parent, task.evaluator.script.parent]
+    return Sandbox(detect(str(sc.mode), sc.bwrap), limits, device=device, protected=protected,
+                   hidden=task.evaluator.hidden, extra_ro=[Path(p) for p in sc.extra_ro_binds])
 
 
 class TaskRun:
-    """One task's lineage, repository, staged data and agent, for one pytest session."""
+    """One task's lineage, repository, staged data, sandbox and agent, for one pytest session."""
 
     def __init__(self, task: Task, *, root: Path, session_id: str, agent: Any, agent_name: str, device: str,
                  cfg: Any) -> None:
@@ -70,127 +113,238 @@ class TaskRun:
         self.device, self.cfg = device, cfg
         self.dir = Path(root) / task.name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.lineage = Lineage(self.dir / "lineage.jsonl")
+        self.lineage = Lineage(self.dir / "lineage.jsonl", lock_timeout_s=float(cfg.lineage.lock_timeout_s))
         self.cache_dir = self.dir / "cache"
-        self.home = self.dir / "home"
+        self.sandbox = build_sandbox(task, cfg, device, Path(root))
         self._repo: TaskRepo | None = None
-        self._staged: tuple[Path, Path] | None = None
+        self._staged: Staged | None = None
+        self._fingerprint: str | None = None
+        self._clean_stale()
 
     @property
     def repo(self) -> TaskRepo:
         if self._repo is None:
-            self._repo = TaskRepo(self.dir / "repo")
+            self._repo = TaskRepo(self.dir / "repo", lock_timeout_s=float(self.cfg.lineage.lock_timeout_s))
         return self._repo
 
+    def _lock(self, name: str, what: str) -> HeldLock:
+        """A lock another worker may hold while ``what``; waiting past the lineage lock timeout is an error."""
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return HeldLock(path, float(self.cfg.lineage.lock_timeout_s), what=what)
+
+    def commit_of(self, rec: Record) -> str:
+        """A recorded trial's commit (rebuilt from the lineage if the repository lost it)."""
+        return self.repo.commit_for(rec, self.lineage.get, self.task.baseline_recipe, content_hash)
+
+    # -- leftovers of killed sessions ------------------------------------------------------------------
+    def _clean_stale(self) -> None:
+        """Remove exports and outputs of trials whose process is gone (a session killed mid-trial)."""
+        trials = self.dir / "trials"
+        if not trials.is_dir():
+            shutil.rmtree(self.dir / "worktrees", ignore_errors=True)  # an older layout
+            return
+        host = socket.gethostname()
+        for d in trials.iterdir():
+            owner = d / "owner.json"
+            try:
+                o = json.loads(owner.read_text())
+            except (OSError, ValueError):
+                continue
+            if o.get("host") != host or _alive(int(o.get("pid", 0))):
+                continue
+            for sub in ("src", "eval-src", "confirm", "confirm-best"):
+                rmtree(d / sub)
+            if not self.cfg.lineage.keep_outputs:
+                rmtree(d / "out")
+            owner.unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "worktrees", ignore_errors=True)
+
     # -- data staging (task code, once per task and options) -------------------------------------------
-    def staged(self) -> tuple[Path, Path]:
+    def staged(self) -> Staged:
         if self._staged:
             return self._staged
         ev = self.task.evaluator
-        key = json.dumps({"script": str(ev.script), "options": dict(ev.options), "variant": self.task.variant},
-                         sort_keys=True, default=str)
+        key = json.dumps({"script": str(ev.script), "options": dict(ev.options), "variant": self.task.variant,
+                          "layout": STAGE_LAYOUT}, sort_keys=True, default=str)
         d = self.dir / "data" / hashlib.sha1(key.encode()).hexdigest()[:12]
-        public, private, done = d / "public", d / "private", d / "staged.ok"
-        with FileLock(str(d) + ".lock"):
+        st = Staged(d / "train", d / "test", d / "private")
+        done = d / "staged.ok"
+        with self._lock(f"data/{d.name}.lock", "staging the task's data"):
             if not done.exists():
-                shutil.rmtree(d, ignore_errors=True)
-                public.mkdir(parents=True)
-                private.mkdir(parents=True)
-                r = run_phase("stage", self._ctx(None, None, public, private), limit_s=3600,
-                              work_dir=d / "logs", env=self._env(), startup_s=3600)
+                rmtree(d)
+                for p in (st.train, st.test, st.private):
+                    p.mkdir(parents=True)
+                ctx = dict(seeds=list(self.task.budget.seeds), outputs_dir=None, workspace=None,
+                           train_dir=str(st.train), test_dir=str(st.test), private_dir=str(st.private),
+                           device=self.device, variant=self.task.variant, threads=self.task.budget.threads,
+                           evaluator_script=str(ev.script), function=ev.function, options=dict(ev.options),
+                           artifact_bytes=self.task.budget.artifact_bytes)
+                r = run_phase(Phase("stage", ctx, work_dir=d / "logs", limit_s=3600, env=self._task_env()), None)
                 if not r.ok:
                     raise HarnessError(f"task {self.task.name}: staging data with {ev.script} failed "
                                        f"({r.timed_out or r.deepest_error()}); log: {r.log_path}\n{r.log_tail(15)}")
                 done.write_text(key)
-        self._staged = (public, private)
-        return self._staged
+        self._staged = st
+        self._fingerprint = self._take_fingerprint()
+        return st
 
-    def _env(self) -> dict[str, str]:
-        return scrubbed_env(self.cache_dir, self.home, self.task.budget.threads)
+    def _fingerprint_paths(self) -> list[Path]:
+        ev = self.task.evaluator.script
+        helpers = sorted(p for p in ev.parent.glob("*.py") if p != ev)
+        assert self._staged is not None
+        return [ev, *helpers, self._staged.private]
 
-    def _ctx(self, workspace: Path | None, out: Path | None, public: Path, private: Path) -> dict[str, Any]:
-        b, ev = self.task.budget, self.task.evaluator
+    def _take_fingerprint(self) -> str:
+        return digest(self._fingerprint_paths())
+
+    def _evaluator_changed(self) -> str | None:
+        """Why the evaluator or its private data differ from when the session started, or None."""
+        if self._fingerprint is None or self._take_fingerprint() == self._fingerprint:
+            return None
+        return (f"the evaluator ({self.task.evaluator.script.parent}) or its private data changed since this "
+                f"session started; scores after the change would not be comparable with earlier ones. Restart the "
+                f"session (and re-measure the baseline if the change was intended)")
+
+    def _task_env(self) -> dict[str, str]:
+        home = self.dir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        return scrubbed_env(self.cache_dir, home, self.task.budget.threads)
+
+    # -- running one commit ----------------------------------------------------------------------------
+    def execute(self, materialize: Callable[[Path], None], trial_dir: Path) -> Outcome:
+        """Run the recipe ``materialize`` writes, then the evaluator; label what went wrong, if anything."""
+        b = self.task.budget
+        st = self.staged()
+        for sub in ("src", "eval-src", "out", "eval", "phases"):
+            rmtree(trial_dir / sub)
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        src, out = trial_dir / "src", trial_dir / "out"
+        materialize(src)
+        out.mkdir()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.home.mkdir(parents=True, exist_ok=True)
-        return dict(seeds=list(b.seeds), outputs_dir=str(out) if out else None, public_dir=str(public),
-                    private_dir=str(private), cache_dir=str(self.cache_dir), device=self.device,
-                    variant=self.task.variant, workspace=str(workspace) if workspace else None,
-                    preload=list(b.preload), threads=b.threads, evaluator_script=str(ev.script),
-                    function=ev.function, options=dict(ev.options), artifact_bytes=b.artifact_bytes)
-
-    # -- running a workspace ---------------------------------------------------------------------------
-    def execute(self, workspace: Path, trial_dir: Path) -> Outcome:
-        """Run the recipe's phases and the evaluator on ``workspace``; label what went wrong, if anything."""
-        b, obj = self.task.budget, self.task.objective
-        public, private = self.staged()
-        out = trial_dir / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        ctx, env = self._ctx(workspace, out, public, private), self._env()
-        fns = _top_level_functions(workspace / "train.py")
-        res = Outcome(label=None)
+        fns, syntax = recipe_functions(src / "train.py")
+        if syntax:
+            return Outcome("crash", syntax)
         if "train" not in fns:
             return Outcome("crash", "train.py defines no top-level train(ctx) function")
+        base_ctx = dict(seeds=list(b.seeds), device=self.device, variant=self.task.variant, threads=b.threads,
+                        preload=list(b.preload), recipe_options={})
+        process_env = None if self.sandbox.sandboxed else self._task_env()
 
-        def failed(r: PhaseResult, what: str, limit: float) -> Outcome | None:
+        def phase(name: str, seed: int | None, data: Path | None, limit: float, cache: str) -> PhaseResult:
+            binds = {"recipe": Bind(src, "ro"), "cache": Bind(self.cache_dir, cache)}
+            if data is not None:
+                binds["data"] = Bind(data, "ro")
+            if seed is not None:
+                (out / f"seed-{seed}").mkdir(exist_ok=True)
+                binds["out"] = Bind(out / f"seed-{seed}", "rw")
+            tag = name if seed is None else f"{name}-seed-{seed}"
+            return run_phase(Phase(name, dict(base_ctx, seed=seed), work_dir=trial_dir / "phases" / tag,
+                                   limit_s=limit, startup_s=b.startup_seconds, timed=name != "prepare", binds=binds,
+                                   threads=b.threads, env=process_env), self.sandbox)
+
+        res = Outcome(label=None, train_s=0.0, startup_s=0.0)
+
+        def failed(r: PhaseResult, what: str, limit: float, spent: float) -> Outcome | None:
             if r.timed_out == "startup":
-                return Outcome("budget_overrun", f"startup: interpreter + preload took over {b.startup_seconds:g}s")
-            if r.timed_out:
-                return Outcome("budget_overrun", f"{what}: exceeded {limit:g}s limit (killed after {r.seconds:.1f}s)")
-            if r.rc != 0:
-                return Outcome("crash", f"{what}: {r.deepest_error()}")
-            return None
+                f = Outcome("budget_overrun", f"startup: interpreter + preload took over {b.startup_seconds:g}s "
+                                              f"({what})")
+            elif r.timed_out:
+                f = Outcome("budget_overrun", f"{what}: exceeded the {limit:g}s limit (killed after "
+                                              f"{spent:.1f}s in all)")
+            elif r.rc != 0:
+                f = Outcome("crash", f"{what}: {r.deepest_error()}" + _traceback_tail(r))
+            else:
+                return None
+            f.train_s, f.prepare_s, f.startup_s, f.eval_s = res.train_s, res.prepare_s, res.startup_s, res.eval_s
+            return f
 
         if "prepare" in fns and b.prepare_seconds > 0:
-            r = run_phase("prepare", ctx, limit_s=b.prepare_seconds, work_dir=trial_dir, env=env,
-                          startup_s=b.startup_seconds)
+            r = phase("prepare", None, None, b.prepare_seconds, "rw")
             res.prepare_s = r.wall_s
-            if (f := failed(r, "prepare", b.prepare_seconds)) is not None:
-                f.prepare_s = r.wall_s
+            if (f := failed(r, "prepare", b.prepare_seconds, r.wall_s)) is not None:
                 return f
-        r = run_phase("train", ctx, limit_s=b.train_seconds, work_dir=trial_dir, env=env, startup_s=b.startup_seconds)
-        res.train_s, res.startup_s, train_cpu = r.seconds, r.wall_s - r.seconds, r.cpu_s
-        if (f := failed(r, "train", b.train_seconds)) is not None:
-            f.train_s, f.prepare_s, f.startup_s = r.seconds, res.prepare_s, res.startup_s
-            return f
-        eval_left, eval_s = b.eval_seconds, 0.0
+        walls: list[float] = []
+        cpus: list[float | None] = []
+        for seed in b.seeds:
+            left = b.train_seconds - sum(walls)
+            r = phase("train", seed, st.train, max(left, 0.0), "overlay")
+            walls.append(r.seconds)
+            cpus.append(r.cpu_s)
+            res.train_s, res.startup_s = sum(walls), (res.startup_s or 0.0) + (r.wall_s - r.seconds)
+            if (f := failed(r, f"train (seed {seed})", b.train_seconds, sum(walls))) is not None:
+                return f
+        p_budget = b.predict_seconds if b.predict_seconds is not None else b.eval_seconds
+        p_walls: list[float] = []
+        p_cpus: list[float | None] = []
+        p_spawn = 0.0
         if "predict" in fns:
-            r = run_phase("predict", ctx, limit_s=eval_left, work_dir=trial_dir, env=env, startup_s=b.startup_seconds)
-            eval_s += r.wall_s
-            eval_left -= r.wall_s
-            if (f := failed(r, "eval (predict)", b.eval_seconds)) is not None:
-                f.train_s, f.eval_s, f.prepare_s = res.train_s, eval_s, res.prepare_s
-                return f
-        r = run_phase("evaluate", ctx, limit_s=max(eval_left, 1.0), work_dir=trial_dir, env=env,
-                      startup_s=b.startup_seconds)
-        eval_s += r.wall_s
+            for seed in b.seeds:
+                r = phase("predict", seed, st.test, max(p_budget - sum(p_walls), 0.0), "overlay")
+                p_walls.append(r.seconds)
+                p_cpus.append(r.cpu_s)
+                p_spawn += r.wall_s
+                res.eval_s = p_spawn
+                what = "predict" if b.predict_seconds is not None else "eval (predict)"
+                if (f := failed(r, f"{what} (seed {seed})", p_budget, sum(p_walls))) is not None:
+                    return f
+        bad = check_outputs(out)
+        if bad:
+            return Outcome("gate_miss", bad, train_s=res.train_s, eval_s=res.eval_s, prepare_s=res.prepare_s,
+                           startup_s=res.startup_s)
+        freeze(out)
+        changed = self._evaluator_changed()
+        if changed:
+            return Outcome("evaluator_error", changed, train_s=res.train_s, prepare_s=res.prepare_s)
+        eval_src = trial_dir / "eval-src"
+        materialize(eval_src)
+        code_bytes = sum(f.stat().st_size for f in eval_src.rglob("*") if f.is_file())
+        ev = self.task.evaluator
+        ectx = dict(seeds=list(b.seeds), outputs_dir=str(out), workspace=str(eval_src), train_dir=str(st.train),
+                    test_dir=str(st.test), private_dir=str(st.private), device=self.device,
+                    variant=self.task.variant, threads=b.threads, evaluator_script=str(ev.script),
+                    function=ev.function, options=dict(ev.options), artifact_bytes=b.artifact_bytes,
+                    code_bytes=code_bytes, sandbox=sandbox_to_json(self.sandbox))
+        eval_left = b.eval_seconds - (p_spawn if b.predict_seconds is None else 0.0)
+        r = run_phase(Phase("evaluate", ectx, work_dir=trial_dir / "eval", limit_s=max(eval_left, 1.0),
+                            env=self._task_env()), None)
+        eval_s = r.wall_s + (p_spawn if b.predict_seconds is None else 0.0)
         res.eval_s = eval_s
+        common = dict(train_s=res.train_s, eval_s=eval_s, prepare_s=res.prepare_s, startup_s=res.startup_s)
         if r.timed_out:
-            return Outcome("budget_overrun", f"eval: exceeded {b.eval_seconds:g}s limit (predict + evaluate)",
-                           train_s=res.train_s, eval_s=eval_s, prepare_s=res.prepare_s)
+            limit = "predict + evaluate" if b.predict_seconds is None and "predict" in fns else "evaluate"
+            return Outcome("budget_overrun", f"eval: exceeded {b.eval_seconds:g}s limit ({limit})", **common)
         if r.rc != 0:
             in_recipe = bool(r.error and r.error.get("in_recipe"))
             return Outcome("crash" if in_recipe else "evaluator_error",
-                           f"evaluate: {r.deepest_error()} (log: {r.log_path})",
-                           train_s=res.train_s, eval_s=eval_s, prepare_s=res.prepare_s)
+                           f"evaluate: {r.deepest_error()} (log: {r.log_path})" + _traceback_tail(r), **common)
         metrics = dict(r.result or {})
         n = len(b.seeds)
         metrics.update(train_seconds=res.train_s / n, train_seconds_total=res.train_s, eval_seconds=eval_s,
-                       prepare_seconds=res.prepare_s or 0.0, startup_seconds=res.startup_s)
-        if train_cpu is not None:
-            metrics.update(train_cpu_seconds=train_cpu / n, train_cpu_seconds_total=train_cpu)
-        try:
-            per_seed = json.loads((out / "seed_seconds.json").read_text())
-            metrics["train_seconds_per_seed"] = per_seed["wall"]
-            metrics["train_cpu_seconds_per_seed"] = per_seed["cpu"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+                       prepare_seconds=res.prepare_s or 0.0, startup_seconds=res.startup_s,
+                       train_seconds_per_seed=walls)
+        if all(c is not None for c in cpus):
+            total = float(sum(c for c in cpus if c is not None))
+            metrics.update(train_cpu_seconds=total / n, train_cpu_seconds_total=total,
+                           train_cpu_seconds_per_seed=cpus)
+        if p_walls:
+            metrics.update(predict_seconds=sum(p_walls) / n, predict_seconds_per_seed=p_walls)
+            if all(c is not None for c in p_cpus):
+                metrics["predict_cpu_seconds"] = float(sum(c for c in p_cpus if c is not None)) / n
+        # Everything the recipe's code spent once it could see data (train + predict, per seed): work moved
+        # from training into prediction still counts.
+        rec_walls = [w + (p_walls[i] if p_walls else 0.0) for i, w in enumerate(walls)]
+        metrics.update(recipe_seconds=sum(rec_walls) / n, recipe_seconds_per_seed=rec_walls)
+        if "train_cpu_seconds_per_seed" in metrics and (not p_walls or "predict_cpu_seconds" in metrics):
+            rec_cpus = [float(c or 0.0) + (float(p_cpus[i] or 0.0) if p_walls else 0.0) for i, c in enumerate(cpus)]
+            metrics.update(recipe_cpu_seconds=sum(rec_cpus) / n, recipe_cpu_seconds_per_seed=rec_cpus)
         res.metrics = metrics
+        obj = self.task.objective
         score = metrics.get(obj.metric)
         if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
             return Outcome("evaluator_error", f"the evaluator reported no finite '{obj.metric}' "
-                           f"(got {score!r}; metrics: {sorted(metrics)})", metrics=metrics,
-                           train_s=res.train_s, eval_s=eval_s, prepare_s=res.prepare_s)
+                           f"(got {score!r}; metrics: {sorted(metrics)})", metrics=metrics, **common)
         res.score = float(score)
         per_seed = metrics.get(f"{obj.metric}_per_seed")
         if isinstance(per_seed, list):
@@ -200,10 +354,13 @@ class TaskRun:
             res.label, res.notes = verdict
         return res
 
+    def _export(self, commit: str) -> Callable[[Path], None]:
+        return lambda dest: self.repo.export(commit, dest)
+
     # -- the baseline ----------------------------------------------------------------------------------
     def ensure_baseline(self) -> Record:
         """Trial 0: the baseline recipe, committed and measured once per task (the first worker does it)."""
-        with FileLock(str(self.dir / "baseline.lock")):
+        with self._lock("baseline.lock", "measuring the baseline"):
             rec = self.lineage.get(0)
             if rec is None:
                 rec = self._run_baseline()
@@ -222,22 +379,21 @@ class TaskRun:
                            proposal=Proposal("The baseline recipe, measured as the starting point.", None, []),
                            commit=commit, diff="")
         rec["content_hash"] = content_hash(self.repo.files_at(commit))
-        ws = self.dir / "worktrees" / "trial-0"
+        self._own(0)
         try:
-            self.repo.checkout(commit, ws)
-            outcome = self._measure_baseline(ws)
+            outcome = self._measure_baseline(commit)
         except Exception as e:
             self._finish(rec, Outcome("harness_error", f"{type(e).__name__}: {e}"), label="harness_error")
             raise
         finally:
-            self._cleanup(ws, 0)
+            self._cleanup(0)
         return self._finish(rec, outcome, label=outcome.label or "baseline")
 
-    def _measure_baseline(self, ws: Path) -> Outcome:
+    def _measure_baseline(self, commit: str) -> Outcome:
         """Run the baseline ``objective.baseline_repeats`` times; its score is the mean, the spread is noise."""
         runs: list[Outcome] = []
         for i in range(self.task.objective.baseline_repeats):
-            outcome = self.execute(ws, self._trial_dir(0) / f"run-{i}" if i else self._trial_dir(0))
+            outcome = self.execute(self._export(commit), self._trial_dir(0) / f"run-{i}" if i else self._trial_dir(0))
             if outcome.label is not None:
                 return outcome
             runs.append(outcome)
@@ -247,15 +403,15 @@ class TaskRun:
             first.metrics["score_repeats"] = scores
             first.score = sum(scores) / len(scores)
             first.metrics[self.task.objective.metric] = first.score
-            if not self.cfg.lineage.keep_outputs:
-                for i in range(1, len(runs)):
-                    shutil.rmtree(self._trial_dir(0) / f"run-{i}" / "out", ignore_errors=True)
+            for i in range(1, len(runs)):
+                self._cleanup_dir(self._trial_dir(0) / f"run-{i}")
         return first
 
     # -- a trial ---------------------------------------------------------------------------------------
     def run_trial(self, slot: str) -> Record:
         self.ensure_baseline()
         trial = self.lineage.claim_trial()
+        self._own(trial)
         started = _now()
         records = self.lineage.records()
         lc = self.cfg.lineage
@@ -266,50 +422,51 @@ class TaskRun:
         spec = self._schedule(trial)
         rec = self._record(trial, started=started, specialist=spec.name, parent=parent["trial"],
                            proposal=Proposal("", None, []), commit=None, diff="", slot=slot)
-        ws = self.dir / "worktrees" / f"trial-{trial}"
         try:
-            return self._run_trial(trial, rec, spec, parent, view, ws)
-        except (BaselineError, AgentStop, AgentFatal, KeyboardInterrupt):
+            return self._run_trial(trial, rec, spec, parent, view)
+        except (BaselineError, AgentStop, AgentFatal, KeyboardInterrupt, RepoError, LineageLocked):
             raise  # not a trial outcome: nothing ran, so nothing is recorded
         except Exception as e:
             if rec.get("label") is None:
                 rec["notes"] = f"{type(e).__name__}: {e}"
                 if rec.get("commit") is None:
                     try:  # keep "one commit per trial" when we can; the record matters more
-                        self._commit_unchanged(rec, parent, ws, f"harness_error: {rec['notes']}")
+                        self._commit_unchanged(rec, parent, f"harness_error: {rec['notes']}")
                     except Exception:  # noqa: BLE001
                         pass
                 self._finish(rec, Outcome("harness_error", rec["notes"]), label="harness_error")
             raise
         finally:
-            self._cleanup(ws, trial)
+            self._cleanup(trial)
 
-    def _run_trial(self, trial: int, rec: Record, spec: Any, parent: Record, view: Any, ws: Path) -> Record:
-        files = self.repo.files_at(parent["commit"])
+    def _run_trial(self, trial: int, rec: Record, spec: Any, parent: Record, view: Any) -> Record:
+        parent_commit = self.commit_of(parent)
+        files = self.repo.files_at(parent_commit)
         request = ProposalRequest(task=self.task, specialist=spec, trial=trial, parent=parent["trial"],
                                   files=files, view=view, seed=int(self.cfg.seed))
         try:
             proposal = self.agent.propose(request)
         except NoProposal as e:
             rec.update(usage=e.usage, agent={"name": self.agent_name, "model": e.model})
-            self._commit_unchanged(rec, parent, ws, f"no proposal: {e}")
+            self._commit_unchanged(rec, parent, f"no proposal: {e}")
             return self._finish(rec, Outcome("preflight_crash", f"no valid submission: {e}"), label="preflight_crash")
         self._apply_proposal_meta(rec, proposal)
         if proposal.parent is not None and proposal.parent != parent["trial"]:
-            named = self.lineage.get(proposal.parent)
+            named = self.lineage.get(proposal.parent) if isinstance(proposal.parent, int) else None
             if named is None or not named.get("commit") or named.get("label") not in ("baseline", "keep", "discard"):
-                why = f"parent trial {proposal.parent} is not a legal recorded trial"
-                self._commit_unchanged(rec, parent, ws, f"preflight_crash: {why}")
+                why = f"parent trial {proposal.parent!r} is not a legal recorded trial"
+                self._commit_unchanged(rec, parent, f"preflight_crash: {why}")
                 return self._finish(rec, Outcome("preflight_crash", why), label="preflight_crash")
             parent = named
             rec["parent"] = parent["trial"]
-            files = self.repo.files_at(parent["commit"])
+            parent_commit = self.commit_of(parent)
+            files = self.repo.files_at(parent_commit)
         try:
             after = apply_edits(files, proposal.edits)
         except EditError as e:
-            self._commit_unchanged(rec, parent, ws, f"preflight_crash: edit does not apply: {e}")
+            self._commit_unchanged(rec, parent, f"preflight_crash: edit does not apply: {e}")
             return self._finish(rec, Outcome("preflight_crash", f"edit does not apply: {e}"), label="preflight_crash")
-        message = f"trial {trial} [{spec.name}] {proposal.hypothesis}\n\nparent: trial {parent['trial']}"
+        message = masking.clean(f"trial {trial} [{spec.name}] {proposal.hypothesis}\n\nparent: trial {parent['trial']}")
         changed = {p for p in set(files) | set(after) if files.get(p) != after.get(p)}
         label = None
         try:
@@ -327,17 +484,17 @@ class TaskRun:
             label, notes = "size_blocked", str(e)
         # Even a refused edit is committed, so the attempt can be read in git like any other trial.
         rec["content_hash"] = content_hash(after)
-        rec["commit"] = self.repo.commit_trial(trial, parent["commit"], after, message, ws)
-        rec["diff"] = self.repo.diff(parent["commit"], rec["commit"])
+        rec["commit"] = self.repo.commit_trial(trial, parent_commit, after, message)
+        rec["diff"] = self.repo.diff(parent_commit, rec["commit"])
         if label is not None:
             return self._finish(rec, Outcome(label, notes), label=label)
-        outcome = self.execute(ws, self._trial_dir(trial))
+        outcome = self.execute(self._export(rec["commit"]), self._trial_dir(trial))
         label = outcome.label
         if label is None and self.task.objective.confirm_keeps:
-            label = self._confirm(trial, ws, outcome)
+            label = self._confirm(trial, rec["commit"], outcome)
         return self._finish(rec, outcome, label=label)
 
-    def _confirm(self, trial: int, ws: Path, outcome: Outcome) -> str | None:
+    def _confirm(self, trial: int, commit: str, outcome: Outcome) -> str | None:
         """A would-be keep is measured again right after the best is re-measured, so both see the same
         machine; it stays a keep candidate (None) only if it still wins by the noise bar. Its score becomes
         the mean of its two runs."""
@@ -346,15 +503,12 @@ class TaskRun:
         b = best(records, obj.direction)
         if b is None or outcome.score is None or obj.gain(outcome.score, b["score"]) <= keep_threshold(obj, records):
             return None
-        best_ws = self.dir / "worktrees" / f"trial-{trial}-best"
         try:
-            self.repo.checkout(b["commit"], best_ws)
-            again_best = self.execute(best_ws, self._trial_dir(trial) / "confirm-best")
-            again = self.execute(ws, self._trial_dir(trial) / "confirm")
+            again_best = self.execute(self._export(self.commit_of(b)), self._trial_dir(trial) / "confirm-best")
+            again = self.execute(self._export(commit), self._trial_dir(trial) / "confirm")
         finally:
-            self._cleanup(best_ws, trial)
             for sub in ("confirm-best", "confirm"):
-                shutil.rmtree(self._trial_dir(trial) / sub / "out", ignore_errors=True)
+                self._cleanup_dir(self._trial_dir(trial) / sub)
         if again.label is not None or again.score is None or again_best.score is None:
             outcome.notes = f"not confirmed: the re-run was {again.label or 'unscored'} ({again.notes})"
             return "discard"
@@ -404,18 +558,20 @@ class TaskRun:
             "direction": self.task.objective.direction,
         }
 
-    def _commit_unchanged(self, rec: Record, parent: Record, ws: Path, why: str) -> None:
+    def _commit_unchanged(self, rec: Record, parent: Record, why: str) -> None:
         """Every trial gets a commit, even one whose code never changed: the parent's tree and the reason."""
-        rec["commit"] = self.repo.commit_trial(rec["trial"], parent["commit"], None,
-                                               f"trial {rec['trial']} [{rec['specialist']}] {why[:200]} "
-                                               f"(tree unchanged)", ws)
+        rec["commit"] = self.repo.commit_trial(rec["trial"], self.commit_of(parent), None,
+                                               masking.clean(f"trial {rec['trial']} [{rec['specialist']}] "
+                                                             f"{why[:200]} (tree unchanged)"))
 
     def _finish(self, rec: Record, outcome: Outcome, *, label: str | None) -> Record:
         """Decide keep/discard against the best *now* (under the lock) and append the record."""
+        notes = "; ".join(x for x in (outcome.notes, rec.get("notes") if label == "harness_error" else "") if x)
         rec.update(score=outcome.score, metrics=outcome.metrics, train_s=outcome.train_s, eval_s=outcome.eval_s,
-                   prepare_s=outcome.prepare_s, startup_s=outcome.startup_s,
-                   notes="; ".join(x for x in (outcome.notes, rec.get("notes") if label == "harness_error" else "")
-                                   if x)[:2000])
+                   prepare_s=outcome.prepare_s, startup_s=outcome.startup_s, notes=masking.clean(notes, 4000))
+        for key in ("hypothesis", "agent_notes"):
+            if isinstance(rec.get(key), str):
+                rec[key] = masking.clean(rec[key])
         obj = self.task.objective
         with self.lineage.lock:
             records = self.lineage.records(quiet=True)
@@ -438,19 +594,29 @@ class TaskRun:
     def _trial_dir(self, trial: int) -> Path:
         return self.dir / "trials" / f"{trial:05d}"
 
-    def _cleanup(self, ws: Path, trial: int) -> None:
-        if ws.exists():
-            self.repo.remove_worktree(ws)
+    def _own(self, trial: int) -> None:
+        """Mark a trial's folder as this process's, so a later session can tell a killed trial's leftovers."""
+        d = self._trial_dir(trial)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                  "session": self.session_id}))
+
+    def _cleanup_dir(self, d: Path) -> None:
+        for sub in ("src", "eval-src"):
+            rmtree(d / sub)
         if not self.cfg.lineage.keep_outputs:
-            shutil.rmtree(self._trial_dir(trial) / "out", ignore_errors=True)
+            rmtree(d / "out")
+
+    def _cleanup(self, trial: int) -> None:
+        d = self._trial_dir(trial)
+        self._cleanup_dir(d)
+        (d / "owner.json").unlink(missing_ok=True)
 
     # -- plain run: the recipe once, as a test, nothing recorded ---------------------------------------
     def plain_run(self, workdir: Path) -> Record:
-        ws = workdir / "recipe"
-        shutil.copytree(self.task.baseline_recipe, ws, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         rec = self._record(0, started=_now(), specialist="baseline", parent=None,
                            proposal=Proposal("plain run of the recipe", None, []), commit=None, diff="")
-        outcome = self.execute(ws, workdir / "run")
+        outcome = self.execute(lambda dest: _write_recipe(self.task.baseline_recipe, dest), workdir / "run")
         rec.update(label=outcome.label or "baseline", score=outcome.score, metrics=outcome.metrics,
                    notes=outcome.notes, train_s=outcome.train_s, eval_s=outcome.eval_s, ended=_now())
         return rec
@@ -458,6 +624,32 @@ class TaskRun:
 
 class _SizeBlocked(Exception):
     pass
+
+
+def _write_recipe(recipe_dir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    for rel, data in read_recipe(recipe_dir).items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
+    freeze(dest)
+
+
+def _traceback_tail(r: PhaseResult) -> str:
+    tail = (r.error or {}).get("traceback_tail") or ""
+    lines = [ln for ln in tail.strip().splitlines() if ln.strip()][-6:]
+    return ("\n" + "\n".join(lines)) if lines else ""
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def keep_threshold(objective: Any, records: list[Record]) -> float:

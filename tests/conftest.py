@@ -33,3 +33,17 @@ class ToyRun:
 @pytest.fixture
 def toy(tmp_path: Path) -> ToyRun:
     return ToyRun(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Any:
+    """A bubblewrap sandbox as trials get it. Skipped where bwrap cannot run, unless the environment says it
+    must (CI sets AUTORESEARCH_REQUIRE_SANDBOX=1, so a broken sandbox fails there instead of skipping)."""
+    from pytest_autoresearch.sandbox import Limits, Sandbox, detect
+
+    iso = detect("auto")
+    if not iso.sandboxed:
+        if os.environ.get("AUTORESEARCH_REQUIRE_SANDBOX"):
+            pytest.fail(f"bubblewrap is required here but cannot run: {iso.reason}")
+        pytest.skip(f"no sandbox here: {iso.reason}")
+    return Sandbox(iso, Limits(log_bytes=1 << 20))

@@ -313,7 +313,10 @@ def test_auth_failure_is_fatal_and_never_shows_the_key(fake: FakeAnthropic, task
 
 
 def test_missing_credentials_are_fatal(fake: FakeAnthropic, task: Task, monkeypatch, tmp_path: Path) -> None:
+    from pytest_autoresearch.agents import claude
+
     monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.setattr(claude, "_CREDENTIALS", {})  # none taken earlier in this process either
     for var in ("ANTHROPIC_CONFIG_DIR", "ANTHROPIC_PROFILE", "ANTHROPIC_IDENTITY_TOKEN",
                 "ANTHROPIC_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(var, raising=False)
@@ -482,6 +485,12 @@ def test_end_to_end_trials_with_the_claude_agent(tmp_path: Path) -> None:
 
     # the recipe prints its whole environment: the key must not be in it (trial processes never get it)
     write_toy_task(tmp_path, train_extra="import os; print('ENV', sorted(os.environ.items()))")
+    # and after each trial, the harness' own environment: the key left it when the client was built
+    (tmp_path / "conftest.py").write_text(
+        "import json, os\n"
+        "def pytest_autoresearch_trial_recorded(config, record):\n"
+        "    with open(os.path.join(str(config.rootpath), 'harness_env.jsonl'), 'a') as f:\n"
+        "        f.write(json.dumps(sorted(k for k in os.environ if k.startswith('ANTHROPIC'))) + '\\n')\n")
     lineage = tmp_path / "lineage"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "PYTEST_"))}
     with FakeAnthropic(responder=researcher(seed=3)) as server:
@@ -506,6 +515,8 @@ def test_end_to_end_trials_with_the_claude_agent(tmp_path: Path) -> None:
     assert len(requests) == 8      # 4 turns per session: list, view, edit, submit
     assert "claude (model claude-sonnet-5-5" in output          # the header names agent and model
     assert SECRET not in output
+    seen = [json.loads(x) for x in (tmp_path / "harness_env.jsonl").read_text().splitlines()]
+    assert len(seen) == 2 and all("ANTHROPIC_API_KEY" not in names for names in seen), seen
     files = [p for p in lineage.rglob("*") if p.is_file()]
     assert any(p.name == "lineage.jsonl" for p in files)
     assert any(b"ENV [" in p.read_bytes() for p in files)          # the recipe's log was kept

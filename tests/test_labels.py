@@ -73,7 +73,7 @@ def test_surface_violations_are_committed_but_not_run(labelled):
 
 def test_crash_names_the_deepest_exception_line(labelled):
     _, recs, _ = labelled
-    assert recs[5]["notes"].startswith("train: train.py:") and "ZeroDivisionError" in recs[5]["notes"]
+    assert recs[5]["notes"].startswith("train (seed 0): train.py:12:") and "ZeroDivisionError" in recs[5]["notes"]
 
 
 def test_gate_miss_and_size_blocked_say_by_how_much(labelled):
@@ -84,8 +84,8 @@ def test_gate_miss_and_size_blocked_say_by_how_much(labelled):
 
 def test_budget_overruns_name_the_phase_and_kill_at_the_limit(labelled):
     _, recs, _ = labelled
-    assert recs[9]["notes"].startswith("train: exceeded 4s") and recs[9]["train_s"] < 15
-    assert recs[13]["notes"].startswith("eval (predict): exceeded 6s")
+    assert recs[9]["notes"].startswith("train (seed 0): exceeded the 4s limit") and recs[9]["train_s"] < 15
+    assert recs[13]["notes"].startswith("eval (predict) (seed 0): exceeded the 6s limit")
 
 
 def test_agent_may_name_another_parent(labelled):

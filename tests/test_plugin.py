@@ -66,7 +66,8 @@ def test_override_changes_the_budget(toy):
     toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "scripted",
             "--autoresearch-override", "budget.train_seconds=2", "--autoresearch-override", "budget.seeds=1")
     recs = toy.records()
-    assert recs[0]["seeds"] == [0] and recs[1]["label"] == "budget_overrun" and "exceeded 2s" in recs[1]["notes"]
+    assert recs[0]["seeds"] == [0] and recs[1]["label"] == "budget_overrun"
+    assert "exceeded the 2s limit" in recs[1]["notes"]
 
 
 def test_unknown_agent_is_a_usage_error(toy):
@@ -164,12 +165,35 @@ def test_confirmation_reruns_a_would_be_keep_beside_the_best(toy):
 
 
 def test_confirmation_discards_a_lucky_first_run(toy):
-    # The edit trains well only the first time it runs (a marker in the trial HOME), like a timing fluke.
-    lucky = ("import os as _os\n_m = _os.path.join(_os.environ['HOME'], 'lucky')\n"
-             "steps = 20 if _os.path.exists(_m) else 200\nopen(_m, 'w').close()")
-    write_toy_task(toy.root, confirm=True, script=[{"edits": [edit("steps = 20  # range: 1..2000", lucky)]}])
+    # The edit trains well only the first time it runs, like a timing fluke: its prepare() counts runs in the
+    # task's compile cache (the one folder that persists between runs) and train reads the count.
+    lucky = ("import os as _os\n_runs = _os.path.join(_os.path.dirname(_os.environ['XDG_CACHE_HOME']), 'runs')\n"
+             "steps = 200 if _os.path.exists(_runs) and open(_runs).read() == '1' else 20\n"
+             "def prepare(ctx):\n"
+             "    n = int(open(_runs).read()) if _os.path.exists(_runs) else 0\n"
+             "    open(_runs, 'w').write(str(n + 1))")
+    write_toy_task(toy.root, confirm=True, prepare_seconds=30,
+                   script=[{"edits": [edit("steps = 20  # range: 1..2000", lucky)]}])
     toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "scripted")
     r = toy.records()[1]
-    assert r["label"] == "discard" and r["notes"].startswith("not confirmed: re-run")
+    assert r["label"] == "discard" and r["notes"].startswith("not confirmed: re-run"), r
     first, again = r["metrics"]["confirm"]["runs"]
     assert first < again
+
+
+def test_isolation_is_in_the_header_and_claude_refuses_to_run_unsandboxed(toy):
+    write_toy_task(toy.root)
+    broken = ("--autoresearch-override", "sandbox.bwrap=/bin/false")
+    r = toy.run("tasks/toy", "--autoresearch-trials", "1", *broken)
+    assert r.returncode == 0 and "isolation: process-level (bwrap failed its probe" in r.output, r.output[-2000:]
+    r = toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "claude", *broken,
+                env={"ANTHROPIC_API_KEY": "sk-ant-test-0000000000000000"})
+    assert r.returncode == 4 and "cannot be sandboxed here" in r.output and "sandbox.mode=off" in r.output, \
+        r.output[-2000:]
+    assert len(toy.records()) == 2, "the refused run recorded nothing"
+    r = toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "claude", *broken,
+                "--autoresearch-override", "sandbox.mode=off", "--autoresearch-override", "agent.base_url=http://127.0.0.1:9",
+                "--autoresearch-override", "agent.max_retries=0",
+                env={"ANTHROPIC_API_KEY": "sk-ant-test-0000000000000000"})
+    assert "cannot be sandboxed here" not in r.output and "isolation: process-level (sandbox.mode=off)" in r.output
+    assert toy.records()[-1]["agent"]["name"] == "claude", "with the sandbox turned off explicitly, claude runs"

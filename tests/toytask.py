@@ -57,17 +57,20 @@ def stage(ctx):
     rng = np.random.default_rng(0)
     w = rng.normal(size=4)
     X, Xt = rng.normal(size=(256, 4)), rng.normal(size=(64, 4))
-    np.save(ctx.public_dir / "x.npy", X)
-    np.save(ctx.public_dir / "y.npy", X @ w)
-    np.save(ctx.public_dir / "x_test.npy", Xt)
+    np.save(ctx.train_dir / "x.npy", X)
+    np.save(ctx.train_dir / "y.npy", X @ w)
+    np.save(ctx.test_dir / "x_test.npy", Xt)
     np.save(ctx.private_dir / "y_test.npy", Xt @ w + rng.normal(size=64) * 0.01)
 
 
 def evaluate(ctx):
     if ctx.options.get("explode"):
         raise RuntimeError("evaluator bug on purpose")
+    if "EVAL_SLOW" in (ctx.workspace / "train.py").read_text():  # a test's marker: a slow evaluation
+        import time
+        time.sleep(30)
     y = np.load(ctx.private_dir / "y_test.npy")
-    mse = [float(np.mean((np.load(ctx.seed_dir(s) / "pred.npy") - y) ** 2)) for s in ctx.seeds]
+    mse = [float(np.mean((np.load(ctx.output(s, "pred.npy")) - y) ** 2)) for s in ctx.seeds]
     size = sum(f.stat().st_size for s in ctx.seeds for f in ctx.seed_dir(s).glob("*.npy") if f.name != "pred.npy")
     return {{"mse": float(np.mean(mse)), "mse_per_seed": mse, "r2": 1.0 - float(np.mean(mse)) / float(np.var(y)),
             "artifact_bytes": size}}
@@ -93,7 +96,7 @@ def baseline_recipe():
 @pytest.fixture
 def budget():
     return Budget(train_seconds={train_seconds}, eval_seconds={eval_seconds}, seeds={seeds},
-                  artifact_bytes={artifact_bytes})
+                  artifact_bytes={artifact_bytes}, prepare_seconds={prepare_seconds})
 
 
 @pytest.fixture
@@ -167,7 +170,7 @@ def write_toy_task(root: Path, name: str = "toy", *, steps: int = 20, sleep_s: f
                    train_seconds: float = 30, eval_seconds: float = 30, seeds: tuple = (0, 1),
                    artifact_bytes: int | None = None, gate: float = 0.0, options: dict[str, Any] | None = None,
                    script: list[dict[str, Any]] | None = None, repeats: int = 1,
-                   confirm: bool = False) -> Path:
+                   confirm: bool = False, prepare_seconds: float = 0.0) -> Path:
     """Write ``tasks/<name>/`` (module, recipe, evaluator) under ``root``; return the task folder."""
     d = root / "tasks" / name
     (d / "recipe").mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,7 @@ def write_toy_task(root: Path, name: str = "toy", *, steps: int = 20, sleep_s: f
     (d / "evaluator.py").write_text(EVALUATOR.format())
     (d / f"test_{name}.py").write_text(MODULE.format(
         name=name, train_seconds=train_seconds, eval_seconds=eval_seconds, seeds=tuple(seeds),
-        artifact_bytes=artifact_bytes, gate=gate, repeats=repeats, confirm=confirm, options=repr(options or {}), steps=steps, more_steps=steps * 4))
+        artifact_bytes=artifact_bytes, gate=gate, repeats=repeats, prepare_seconds=prepare_seconds, confirm=confirm, options=repr(options or {}), steps=steps, more_steps=steps * 4))
     if script is not None:
         (root / "conftest.py").write_text(SCRIPTED_CONFTEST)
         (root / "script.json").write_text(json.dumps(script))

@@ -33,11 +33,29 @@ _KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}")
 
 def redact(text: str) -> str:
     """``text`` with any API credential from the environment (or anything shaped like one) masked."""
+    from .. import masking
+
     for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
-        secret = os.environ.get(var)
+        secret = os.environ.get(var) or _CREDENTIALS.get(var)
         if secret and len(secret) >= 6:
             text = text.replace(secret, "[redacted]")
-    return _KEY_PATTERN.sub("[redacted]", text)
+    return masking.mask(_KEY_PATTERN.sub("[redacted]", text))
+
+
+_CREDENTIALS: dict[str, str] = {}
+
+
+def take_credentials() -> dict[str, str]:
+    """Move the Anthropic credentials out of ``os.environ`` (into this module, for the SDK clients this process
+    builds), so no later child of the harness, git or task code, can inherit them; they stay masked."""
+    from .. import masking
+
+    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        value = os.environ.pop(var, None)
+        if value:
+            _CREDENTIALS[var] = value
+            masking.register(value)
+    return dict(_CREDENTIALS)
 
 
 def _plain(cfg: Any) -> Any:
@@ -337,6 +355,7 @@ class ClaudeAgent:
     """The ``claude`` agent: one Claude session per proposal, with session-wide cost and token caps."""
 
     name = "claude"
+    requires_sandbox = True  # its edits are arbitrary code: see sandbox.mode
 
     def __init__(self, cfg: Mapping[str, Any], *, seed: int = 0, client: Any = None) -> None:
         self.cfg = validate_config(cfg)
@@ -410,7 +429,10 @@ class ClaudeAgent:
 
             c = self.cfg
             try:
-                self._client = anthropic.Anthropic(base_url=c["base_url"] or None, max_retries=c["max_retries"],
+                creds = take_credentials()
+                self._client = anthropic.Anthropic(api_key=creds.get("ANTHROPIC_API_KEY"),
+                                                   auth_token=creds.get("ANTHROPIC_AUTH_TOKEN"),
+                                                   base_url=c["base_url"] or None, max_retries=c["max_retries"],
                                                    timeout=c["timeout"] if c["timeout"] else None)
             except Exception as e:  # e.g. no key and an unreadable credentials profile
                 raise AgentFatal(redact(f"cannot create the Anthropic client: {e} Set the ANTHROPIC_API_KEY "
@@ -584,3 +606,6 @@ def _api_message(e: Any) -> str:
 def make_agent(cfg: Mapping[str, Any], *, seed: int) -> ClaudeAgent:
     """Factory registered as the ``claude`` agent; ``cfg`` is the composed ``agent`` config node."""
     return ClaudeAgent(cfg, seed=seed)
+
+
+make_agent.requires_sandbox = True  # type: ignore[attr-defined]  # read before any agent is built

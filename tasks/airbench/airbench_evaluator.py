@@ -1,8 +1,9 @@
 """The airbench task's evaluator: stages the data and scores the recipe's test predictions.
 
-It runs in processes of its own, never in the recipe's. ``stage`` writes what the recipe may read into
-``ctx.public_dir`` (training images and labels, test images without labels) and the test labels into
-``ctx.private_dir``; ``evaluate`` compares each seed's ``predictions.npy`` against those labels.
+It runs in processes of its own, never in the recipe's. ``stage`` writes the training images and labels to
+``ctx.train_dir`` (the recipe's ``train`` sees them), the test images without labels to ``ctx.test_dir``
+(``predict`` sees them) and the test labels to ``ctx.private_dir``; ``evaluate`` compares each seed's
+``predictions.npy`` against those labels.
 
 Variants:
 
@@ -45,17 +46,17 @@ def stage(ctx: Any) -> None:
         xtr, ytr, xte, yte = load_cifar10(find_cifar10(ctx.options))
     else:
         raise ValueError(f"airbench has variants 'mini' and 'full', not {ctx.variant!r}")
-    write_split(Path(ctx.public_dir), Path(ctx.private_dir), xtr, ytr, xte, yte)
+    write_split(Path(ctx.train_dir), Path(ctx.test_dir), Path(ctx.private_dir), xtr, ytr, xte, yte)
 
 
-def write_split(public: Path, private: Path, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
+def write_split(train: Path, test: Path, private: Path, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
                 yte: np.ndarray) -> None:
-    """Recipe-visible arrays to ``public``; the test labels, and nothing else, to ``private``."""
-    public.mkdir(parents=True, exist_ok=True)
-    private.mkdir(parents=True, exist_ok=True)
-    np.save(public / "train_images.npy", np.ascontiguousarray(xtr, dtype=np.uint8))
-    np.save(public / "train_labels.npy", np.asarray(ytr, dtype=np.int64))
-    np.save(public / "test_images.npy", np.ascontiguousarray(xte, dtype=np.uint8))
+    """Training images and labels to ``train``; test images alone to ``test``; test labels to ``private``."""
+    for d in (train, test, private):
+        d.mkdir(parents=True, exist_ok=True)
+    np.save(train / "train_images.npy", np.ascontiguousarray(xtr, dtype=np.uint8))
+    np.save(train / "train_labels.npy", np.asarray(ytr, dtype=np.int64))
+    np.save(test / "test_images.npy", np.ascontiguousarray(xte, dtype=np.uint8))
     np.save(private / "test_labels.npy", np.asarray(yte, dtype=np.int64))
 
 
@@ -180,7 +181,7 @@ def evaluate(ctx: Any) -> dict[str, Any]:
         path = ctx.seed_dir(seed) / "predictions.npy"
         acc = 0.0
         try:
-            pred = np.load(path, allow_pickle=False)
+            pred = np.load(ctx.output(seed, "predictions.npy"), allow_pickle=False)
         except (OSError, ValueError) as e:
             problems.append(f"seed {seed}: cannot read {path.name} ({type(e).__name__}: {e}); predict(ctx) must "
                             f"write an int array of {len(labels)} class indices")

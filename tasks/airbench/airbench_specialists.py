@@ -12,8 +12,8 @@ from pytest_autoresearch.task import Specialist, Surface, Technique
 TRAIN = "train.py"
 
 _COMMON = (
-    "Objective: minimize train_seconds (harness-timed wall-clock of the train phase divided by the number of "
-    "seeds; the timer covers importing train.py and every seed's train(ctx)), subject to the gate: mean test "
+    "Objective: minimize {metric} (harness-measured {clock} of train(ctx) plus predict(ctx) per seed, "
+    "importing train.py included; prediction is timed like training), subject to the gate: mean test "
     "accuracy over the budget's seeds >= {gate}. Most speedups cost accuracy: the baseline passes the gate "
     "with a small margin, so trade carefully and prefer changes that buy accuracy back. Only text between "
     "'# autoresearch: begin {region}' and '# autoresearch: end {region}' in train.py is yours; the data "
@@ -145,7 +145,7 @@ _BRIEFS = {
     "aug": (
         "You own data augmentation (augment(images, epoch): flip, translate, cutout on the whole training set "
         "once per epoch) and test-time augmentation (tta_logits: mirror and one-pixel shifts, run in "
-        "predict(), which the eval budget bounds but the train timer does not see). {flip}"
+        "predict(), which is timed like training). {flip}"
     ),
     "loss": (
         "You own the training loss (loss_fn: cross-entropy with label smoothing, summed over the batch) and "
@@ -170,6 +170,9 @@ def build_specialists(variant: str, gate: float) -> list[Specialist]:
     }
     out = []
     for name in ("arch", "opt", "aug", "loss", "reg"):
-        brief = _BRIEFS[name].format(**extra) + " " + _COMMON.format(gate=gate, region=name)
+        clock = (("CPU seconds (one thread)", "recipe_cpu_seconds") if variant == "mini"
+                 else ("wall-clock", "recipe_seconds"))
+        brief = _BRIEFS[name].format(**extra) + " " + _COMMON.format(gate=gate, region=name, clock=clock[0],
+                                                                      metric=clock[1])
         out.append(Specialist(name, Surface(regions=(f"{TRAIN}::{name}",)), brief, catalog=catalog[name]))
     return out

@@ -1,6 +1,7 @@
 """Ordinary tests of the airbench task: data staging, the recipes through real phases, the catalogs."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import pickle
 import shutil
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pytest_autoresearch import Evaluator, Objective, Specialist, Surface
 from pytest_autoresearch.edits import Edit, apply_edits, check_compiles, check_surface, region_names
-from pytest_autoresearch.runner import run_phase, scrubbed_env
+from pytest_autoresearch.runtime import EvalContext
 
 HERE = Path(__file__).resolve().parent
 EVALUATOR = HERE / "airbench_evaluator.py"
@@ -61,21 +63,22 @@ def make_fake_cifar(root: Path, per_batch: int = 16, n_test: int = 20, seed: int
     return written
 
 
-def _ctx(public: Path, private: Path, variant: str, options: dict, outputs: Path | None = None, seeds=(0,)):
-    return types.SimpleNamespace(public_dir=public, private_dir=private, variant=variant, options=options,
-                                 outputs_dir=outputs, seeds=tuple(seeds),
-                                 seed_dir=lambda s: outputs / f"seed-{s}")
+def _ctx(tmp: Path, variant: str, options: dict, outputs: Path | None = None, seeds=(0,)) -> EvalContext:
+    return EvalContext(outputs_dir=outputs, seeds=tuple(seeds), workspace=None, train_dir=tmp / "train",
+                       test_dir=tmp / "test", private_dir=tmp / "private", device="cpu", variant=variant,
+                       options=options)
 
 
 def test_full_stage_reads_pickle_batches_and_hides_test_labels(tmp_path):
     written = make_fake_cifar(tmp_path / "data")
-    pub, priv = tmp_path / "public", tmp_path / "private"
-    ev.stage(_ctx(pub, priv, "full", {"cifar_dir": str(tmp_path / "data")}))
+    train, test, priv = tmp_path / "train", tmp_path / "test", tmp_path / "private"
+    ev.stage(_ctx(tmp_path, "full", {"cifar_dir": str(tmp_path / "data")}))
 
-    assert sorted(p.name for p in pub.iterdir()) == ["test_images.npy", "train_images.npy", "train_labels.npy"]
+    assert sorted(p.name for p in train.iterdir()) == ["train_images.npy", "train_labels.npy"]
+    assert sorted(p.name for p in test.iterdir()) == ["test_images.npy"]
     assert sorted(p.name for p in priv.iterdir()) == ["test_labels.npy"]
-    xtr, ytr = np.load(pub / "train_images.npy"), np.load(pub / "train_labels.npy")
-    xte, yte = np.load(pub / "test_images.npy"), np.load(priv / "test_labels.npy")
+    xtr, ytr = np.load(train / "train_images.npy"), np.load(train / "train_labels.npy")
+    xte, yte = np.load(test / "test_images.npy"), np.load(priv / "test_labels.npy")
     assert xtr.shape == (80, 3, 32, 32) and xtr.dtype == np.uint8
     assert ytr.shape == (80,) and ytr.dtype == np.int64
     assert xte.shape == (20, 3, 32, 32) and xte.dtype == np.uint8
@@ -113,13 +116,12 @@ def test_full_stage_missing_data_names_the_fix(tmp_path):
 
 
 def test_mini_stage_split_is_fixed_stratified_and_label_free(tmp_path):
-    pub, priv = tmp_path / "public", tmp_path / "private"
-    ev.stage(_ctx(pub, priv, "mini", {}))
-    xtr, ytr, xte = (np.load(pub / f"{n}.npy") for n in ("train_images", "train_labels", "test_images"))
-    yte = np.load(priv / "test_labels.npy")
+    ev.stage(_ctx(tmp_path, "mini", {}))
+    xtr, ytr = (np.load(tmp_path / "train" / f"{n}.npy") for n in ("train_images", "train_labels"))
+    xte, yte = np.load(tmp_path / "test" / "test_images.npy"), np.load(tmp_path / "private" / "test_labels.npy")
     assert xtr.shape == (1297, 1, 8, 8) and xte.shape == (500, 1, 8, 8) and xtr.dtype == np.uint8
     assert xtr.max() == 255 and xtr.min() == 0
-    assert sorted(p.name for p in pub.iterdir()) == ["test_images.npy", "train_images.npy", "train_labels.npy"]
+    assert sorted(p.name for p in (tmp_path / "test").iterdir()) == ["test_images.npy"]
     assert np.bincount(yte, minlength=10).min() >= 48  # stratified: ~50 per class
     again = ev.load_digits_split()
     np.testing.assert_array_equal(again[3], yte)
@@ -133,40 +135,42 @@ def test_evaluate_scores_each_seed_and_flags_bad_outputs(tmp_path):
     for seed, pred in [(0, labels), (1, np.where(labels < 5, labels, 0))]:
         (out / f"seed-{seed}").mkdir(parents=True)
         np.save(out / f"seed-{seed}" / "predictions.npy", pred)
-    m = ev.evaluate(_ctx(tmp_path, priv, "mini", {}, outputs=out, seeds=(0, 1)))
+    m = ev.evaluate(_ctx(tmp_path, "mini", {}, outputs=out, seeds=(0, 1)))
     assert m["acc_per_seed"] == [1.0, 0.5] and m["acc_mean"] == 0.75 and m["acc_min"] == 0.5
     assert m["outputs_valid"] is True and m["n_test"] == 10
 
     np.save(out / "seed-1" / "predictions.npy", np.zeros(3, dtype=np.int64))
-    m = ev.evaluate(_ctx(tmp_path, priv, "mini", {}, outputs=out, seeds=(0, 1, 2)))
+    m = ev.evaluate(_ctx(tmp_path, "mini", {}, outputs=out, seeds=(0, 1, 2)))
     assert m["acc_per_seed"] == [1.0, 0.0, 0.0] and m["outputs_valid"] is False
     assert "seed 1" in m["outputs_error"] and "seed 2" in m["outputs_error"]
+    # A symlink to the labels is refused, not followed (the harness refuses the trial earlier anyway).
+    (out / "seed-0" / "predictions.npy").unlink()
+    (out / "seed-0" / "predictions.npy").symlink_to(priv / "test_labels.npy")
+    m = ev.evaluate(_ctx(tmp_path, "mini", {}, outputs=out, seeds=(0,)))
+    assert m["acc_per_seed"] == [0.0] and "not a regular file" in m["outputs_error"]
 
 
 # ---------------------------------------------------------------- recipes through real phases
 
 
-def _phase_ctx(tmp: Path, recipe: Path, variant: str, seeds, options=None) -> dict:
-    return dict(seeds=list(seeds), outputs_dir=str(tmp / "out"), public_dir=str(tmp / "public"),
-                private_dir=str(tmp / "private"), cache_dir=str(tmp / "cache"), device="cpu", variant=variant,
-                workspace=str(recipe), preload=list(task.budget_for(variant).preload), threads=1,
-                evaluator_script=str(EVALUATOR),
-                options=options or {}, artifact_bytes=None)
+def _execute(tmp: Path, recipe: Path, variant: str, seeds, options=None):
+    """Stage, then run ``recipe`` exactly as a trial does (sandboxed train and predict per seed, evaluate)."""
+    from pytest_autoresearch.config import compose
+    from pytest_autoresearch.task import Task
+    from pytest_autoresearch.trial import TaskRun
 
-
-def _run_all(tmp: Path, base: dict, phases=("stage", "train", "predict", "evaluate")) -> dict:
-    # One thread: these tests share two cores with the rest of the suite, and spinning OpenMP threads
-    # slow down badly under contention; the code paths are the same.
-    env = scrubbed_env(tmp / "cache", tmp / "home", threads=1)
-    (tmp / "home").mkdir(exist_ok=True)
-    results = {}
-    for phase in phases:
-        # Staging and scoring need no torch: skipping its import keeps these tests quick.
-        ctx = base if phase in ("train", "predict") else dict(base, preload=[])
-        r = run_phase(phase, ctx, limit_s=120, work_dir=tmp / "logs", env=env)
-        assert r.ok, f"{phase} failed: {r.deepest_error()}\n{r.log_tail()}"
-        results[phase] = r
-    return results
+    # One thread: these tests share two cores with the rest of the suite; the code paths are the same.
+    budget = dataclasses.replace(task.budget_for(variant), seeds=tuple(seeds), threads=1, train_seconds=300,
+                                 predict_seconds=120, eval_seconds=120, prepare_seconds=0)
+    t = Task(name="airbench", module_path=HERE / "test_airbench.py", baseline_recipe=recipe, budget=budget,
+             legality=(), evaluator=Evaluator(EVALUATOR, options=options or {}, hidden=task.hidden_for(variant)),
+             objective=Objective("recipe_cpu_seconds", "minimize"),
+             specialists=(Specialist("opt", Surface(regions=("train.py::opt",)), "-"),), variant=variant)
+    run = TaskRun(t, root=tmp / "lineage", session_id="test", agent=None, agent_name="none", device="cpu",
+                  cfg=compose(["lineage.keep_outputs=true"]))
+    rec = run.plain_run(tmp / "work")
+    assert rec["label"] == "baseline", rec["notes"]
+    return rec, tmp / "work" / "run" / "out"
 
 
 def _shrunk_full_recipe(dest: Path) -> Path:
@@ -185,23 +189,21 @@ def _shrunk_full_recipe(dest: Path) -> Path:
 def test_full_recipe_smoke_on_cpu_through_phases(tmp_path):
     make_fake_cifar(tmp_path / "cifar")
     recipe = _shrunk_full_recipe(tmp_path / "recipe")
-    base = _phase_ctx(tmp_path, recipe, "full", seeds=(0, 1), options={"cifar_dir": str(tmp_path / "cifar")})
-    res = _run_all(tmp_path, base)
-    m = res["evaluate"].result
+    rec, out = _execute(tmp_path, recipe, "full", seeds=(0, 1), options={"cifar_dir": str(tmp_path / "cifar")})
+    m = rec["metrics"]
     assert m["outputs_valid"] is True, m["outputs_error"]
     assert len(m["acc_per_seed"]) == 2 and m["n_test"] == 20
     # Colour-coded classes: even the shrunken net with flip/translate/cutout and TTA beats chance clearly.
     assert m["acc_mean"] > 0.3, m
     for seed in (0, 1):
-        pred = np.load(tmp_path / "out" / f"seed-{seed}" / "predictions.npy")
+        pred = np.load(out / f"seed-{seed}" / "predictions.npy")
         assert pred.shape == (20,) and pred.dtype == np.int64
-    assert (tmp_path / "out" / "seed_seconds.json").is_file()
+    assert len(m["recipe_cpu_seconds_per_seed"]) == 2 and m["predict_cpu_seconds"] > 0
 
 
 def test_mini_baseline_through_phases_is_accurate(tmp_path):
-    base = _phase_ctx(tmp_path, HERE / "recipe_mini", "mini", seeds=(0,))
-    res = _run_all(tmp_path, base)
-    m = res["evaluate"].result
+    rec, _ = _execute(tmp_path, HERE / "recipe_mini", "mini", seeds=(0,))
+    m = rec["metrics"]
     assert m["outputs_valid"] is True and m["n_test"] == 500
     assert m["acc_mean"] >= 0.96, m  # the baseline reaches ~0.98 on every seed measured
 

@@ -18,8 +18,11 @@ Few-shot examples are drawn from the same task with ``random.Random(1234 + idx)`
 ``random.Random(1337)`` before ``max_per_task`` subsampling. centered = (acc - 0.01 * rb) / (1 - 0.01 * rb) with rb
 the random baseline in percent; CORE = mean centered accuracy over the tasks.
 
-The model is any callable ``model(idx: LongTensor[B, T]) -> logits[B, T, V]``; the tokenizer any object with
-``encode(text) -> list[int]`` and ``bos_id``.
+The model is a scorer ``model(idx: LongTensor[B, T], rows: LongTensor[N], cols: LongTensor[N]) -> log-probs
+[N, V]``: the next-token log-probabilities at positions ``(rows[i], cols[i])`` only (``from_logits`` wraps a logits
+model), so a served model returns the scored positions and nothing else. The losses and greedy matches are
+computed here from those log-probabilities. The tokenizer is any object with ``encode(text) -> list[int]`` and
+``bos_id``.
 """
 from __future__ import annotations
 
@@ -34,6 +37,15 @@ import torch
 import torch.nn.functional as F
 
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+
+
+# (idx [B, T], rows [N], cols [N]) -> next-token log-probabilities [N, V] at positions (rows[i], cols[i])
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def from_logits(model: Callable[[torch.Tensor], torch.Tensor]) -> Scorer:
+    """A scorer for an in-process model ``model(idx) -> logits [B, T, V]``."""
+    return lambda idx, rows, cols: F.log_softmax(model(idx).float()[rows, cols], -1)
 
 
 class TokenizerLike(Protocol):
@@ -168,38 +180,49 @@ def prepare_item(tok: TokenizerLike, items: Sequence[dict], idx: int, task: Core
 
 
 @torch.no_grad()
-def score_rows(model: Callable[[torch.Tensor], torch.Tensor], rows: Sequence[tuple[list[int], int, int]],
-               device: str, pad_id: int, batch_tokens: int = 16384) -> list[tuple[float, bool]]:
+def score_rows(model: Scorer, rows: Sequence[tuple[list[int], int, int]], pad_id: int, batch_tokens: int = 16384,
+               max_scored: int | None = None) -> list[tuple[float, bool]]:
     """Per row: mean cross-entropy of the span's tokens and whether greedy decoding reproduces them all.
 
-    Rows are batched by length (right-padded; a causal model's scores do not depend on what follows).
+    Rows are batched by length (right-padded; a causal model's scores do not depend on what follows), at most
+    ``batch_tokens`` tokens and ``max_scored`` scored positions per batch; the model is asked only for the
+    positions that predict a span token.
     """
     out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     i = 0
     while i < len(order):
-        j = i + 1
+        j, scored = i + 1, rows[order[i]][2] - rows[order[i]][1]
         while j < len(order) and (j - i + 1) * len(rows[order[j]][0]) <= batch_tokens:
+            span = rows[order[j]][2] - rows[order[j]][1]
+            if max_scored is not None and scored + span > max_scored:
+                break
+            scored += span
             j += 1
         batch = order[i:j]
         width = max(len(rows[k][0]) for k in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         for r, k in enumerate(batch):
             ids[r, :len(rows[k][0])] = torch.tensor(rows[k][0], dtype=torch.long)
-        ids = ids.to(device)
-        logits = model(ids).float()
-        for r, k in enumerate(batch):
-            _, s, e = rows[k]
-            pred = logits[r, s - 1:e - 1]  # position p predicts token p + 1
-            target = ids[r, s:e]
-            loss = F.cross_entropy(pred, target).item()
-            out[k] = (loss, bool(torch.equal(pred.argmax(-1), target)))
+        # position p predicts token p + 1: the span [s, e) is predicted from positions s - 1 .. e - 2
+        pos = [(r, p) for r, k in enumerate(batch) for p in range(rows[k][1] - 1, rows[k][2] - 1)]
+        pr = torch.tensor([r for r, _ in pos], dtype=torch.long)
+        pc = torch.tensor([p for _, p in pos], dtype=torch.long)
+        logp = model(ids, pr, pc).float()
+        targets = ids[pr, pc + 1]
+        nll = -logp.gather(1, targets[:, None])[:, 0]
+        hit = logp.argmax(-1) == targets
+        at = 0
+        for k in batch:
+            n = rows[k][2] - rows[k][1]
+            out[k] = (nll[at:at + n].mean().item(), bool(hit[at:at + n].all()))
+            at += n
         i = j
     return out
 
 
-def evaluate_task(model: Callable, tok: TokenizerLike, items: Sequence[dict], task: CoreTask, device: str,
-                  max_per_task: int = -1, max_seq_len: int | None = None, batch_tokens: int = 16384) -> float:
+def evaluate_task(model: Scorer, tok: TokenizerLike, items: Sequence[dict], task: CoreTask, max_per_task: int = -1,
+                  max_seq_len: int | None = None, batch_tokens: int = 16384, max_scored: int | None = None) -> float:
     """Accuracy of ``model`` on one task (nanochat's shuffle, subsampling, few-shot draw and scoring rules)."""
     items = list(items)
     random.Random(1337).shuffle(items)
@@ -209,7 +232,7 @@ def evaluate_task(model: Callable, tok: TokenizerLike, items: Sequence[dict], ta
         raise ValueError(f"CORE task {task.label} has no items")
     prepared = [prepare_item(tok, items, i, task, max_seq_len) for i in range(len(items))]
     flat = [row for p in prepared if p for row in p]
-    scores = score_rows(model, flat, device, tok.bos_id, batch_tokens)
+    scores = score_rows(model, flat, tok.bos_id, batch_tokens, max_scored)
     correct, pos = 0, 0
     for item, p in zip(items, prepared):
         if not p:
@@ -224,15 +247,15 @@ def evaluate_task(model: Callable, tok: TokenizerLike, items: Sequence[dict], ta
     return correct / len(items)
 
 
-def evaluate_core(model: Callable, tok: TokenizerLike, bundle_dir: Path, device: str = "cpu",
-                  max_per_task: int = -1, max_seq_len: int | None = None, batch_tokens: int = 16384,
+def evaluate_core(model: Scorer, tok: TokenizerLike, bundle_dir: Path, max_per_task: int = -1,
+                  max_seq_len: int | None = None, batch_tokens: int = 16384, max_scored: int | None = None,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``{"results": {label: acc}, "centered": {label: centered}, "core": mean centered}`` over the bundle."""
     results: dict[str, float] = {}
     centered_results: dict[str, float] = {}
     for task in load_tasks(bundle_dir):
-        acc = evaluate_task(model, tok, load_items(bundle_dir, task), task, device, max_per_task, max_seq_len,
-                            batch_tokens)
+        acc = evaluate_task(model, tok, load_items(bundle_dir, task), task, max_per_task, max_seq_len,
+                            batch_tokens, max_scored)
         results[task.label] = acc
         centered_results[task.label] = centered(acc, task.random_baseline)
         if log:

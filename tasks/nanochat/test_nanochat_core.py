@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,8 +28,11 @@ class Bytes:
         return list(text.encode("utf-8"))
 
 
-def copy_model(ids: torch.Tensor) -> torch.Tensor:
+def copy_logits(ids: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.nn.functional.one_hot(ids, 320).float()
+
+
+copy_model = core.from_logits(copy_logits)
 
 
 def write_bundle(root: Path, tasks: list[dict], items: dict[str, list[dict]], baselines: dict[str, float]) -> Path:
@@ -81,7 +85,7 @@ BASELINES = {"mc": 25.0, "schema": 50.0, "lm": 0.0}
 
 def test_core_on_tiny_bundle_matches_hand_computed_scores(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "eval_bundle", TASKS, ITEMS, BASELINES)
-    res = core.evaluate_core(copy_model, Bytes(), bundle, "cpu")
+    res = core.evaluate_core(copy_model, Bytes(), bundle)
     assert res["results"] == {"mc": 0.75, "schema": 0.5, "lm": 0.5}
     # centered = (acc - rb/100) / (1 - rb/100)
     assert res["centered"]["mc"] == pytest.approx((0.75 - 0.25) / 0.75)  # 0.6667
@@ -92,16 +96,35 @@ def test_core_on_tiny_bundle_matches_hand_computed_scores(tmp_path: Path) -> Non
 
 def test_core_batching_and_max_per_task_do_not_change_answers(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "b", TASKS, ITEMS, BASELINES)
-    one_row = core.evaluate_core(copy_model, Bytes(), bundle, "cpu", batch_tokens=1)
+    one_row = core.evaluate_core(copy_model, Bytes(), bundle, batch_tokens=1)
     assert one_row["results"] == {"mc": 0.75, "schema": 0.5, "lm": 0.5}
+    few_positions = core.evaluate_core(copy_model, Bytes(), bundle, max_scored=3)
+    assert few_positions["results"] == {"mc": 0.75, "schema": 0.5, "lm": 0.5}
     # nanochat shuffles with Random(1337) before subsampling: the first two mc items after that shuffle.
     import random
 
     order = list(range(4))
     random.Random(1337).shuffle(order)
     expect = sum(i != 3 for i in order[:2]) / 2  # item index 3 is the one the model gets wrong
-    sub = core.evaluate_task(copy_model, Bytes(), ITEMS["mc"], core.load_tasks(bundle)[0], "cpu", max_per_task=2)
+    sub = core.evaluate_task(copy_model, Bytes(), ITEMS["mc"], core.load_tasks(bundle)[0], max_per_task=2)
     assert sub == expect
+
+
+def test_the_model_is_asked_only_for_the_positions_that_predict_a_span() -> None:
+    rows = [(list(b"\x00abcd"), 3, 5), (list(b"\x00xy"), 1, 3)]  # spans "cd" and "xy"
+    asked: list[tuple[int, int]] = []
+
+    def scorer(ids: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        asked.extend(zip(r.tolist(), c.tolist()))
+        assert ids.shape == (2, 5) and ids[0, 3:].tolist() == [256, 256]  # right-padded with BOS
+        return copy_model(ids, r, c)
+
+    (loss_cd, hit_cd), (loss_xy, hit_xy) = core.score_rows(scorer, rows, pad_id=256, max_scored=4)
+    # sorted by length: row 0 of the batch is "\0xy" (positions 0, 1), row 1 is "\0abcd" (positions 2, 3)
+    assert sorted(asked) == [(0, 0), (0, 1), (1, 2), (1, 3)]
+    miss = math.log(math.exp(10.0) + 319)  # -log p of a token that does not repeat its predecessor
+    assert loss_cd == pytest.approx(miss) and not hit_cd  # "c" after "b", "d" after "c"
+    assert loss_xy == pytest.approx(miss) and not hit_xy
 
 
 def test_centering_formula() -> None:
@@ -130,7 +153,7 @@ def test_long_prompts_are_cropped_from_the_left(tmp_path: Path) -> None:
     rows = core.prepare_item(Bytes(), items, 0, task, max_seq_len=16)
     (ids, s, e), = rows
     assert len(ids) == 16 and ids[s:e] == list(b"bbb")
-    assert core.evaluate_task(copy_model, Bytes(), items, task, "cpu", max_seq_len=16) == 1.0
+    assert core.evaluate_task(copy_model, Bytes(), items, task, max_seq_len=16) == 1.0
 
 
 def test_bundle_errors_name_the_file_and_task(tmp_path: Path) -> None:

@@ -6,12 +6,14 @@ import gzip
 import importlib.util
 import json
 import math
+import os
 import random
 import re
 import shutil
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -166,19 +168,255 @@ def test_muon_update_is_orthogonalized() -> None:
     assert sv.min() > 0.5 and sv.max() < 1.5  # Newton-Schulz lands near 1 (roughly U(0.5, 1.5))
 
 
-def test_causality_probe_catches_a_model_that_sees_the_future() -> None:
+# -- scoring through a served model: answers checked, causality probed at the scoring shapes --------------------
+
+class LocalClient:
+    """A ModelClient stand-in that serves an object in-process (the evaluator's checks under test, not the
+    sandbox): numpy arrays in, torch tensors to the object, numpy back, as serve.py converts them."""
+
+    def __init__(self, obj: object, attrs: tuple[str, ...] = ("vocab_size", "max_seq_len")) -> None:
+        self.obj, self.attrs = obj, {a: getattr(obj, a) for a in attrs}
+
+    def call(self, method: str, *args: object) -> object:
+        out = getattr(self.obj, method)(*[torch.from_numpy(a.copy()) if isinstance(a, np.ndarray) else a
+                                          for a in args])
+        return out.numpy() if isinstance(out, torch.Tensor) else out
+
+
+class RuleModel:
+    """Log-probabilities from a rule on the input ids: ``logits(idx) -> (B, T, V)``."""
+
+    vocab_size, max_seq_len = 320, 512
+
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.logits = logits
+
+    def log_probs(self, idx: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.logits(idx)[rows, cols], -1)
+
+
+def own_token(idx: torch.Tensor) -> torch.Tensor:
+    return 3.0 * torch.nn.functional.one_hot(idx, 320).float()
+
+
+def served(obj: object, probe_rate: float = 0.3, min_probes: int = 3) -> "evaluator.ServedLM":
+    return evaluator.ServedLM(LocalClient(obj), probe_rate=probe_rate, min_probes=min_probes)
+
+
+def byte_docs(n: int) -> list[tuple[list[int], int]]:
+    return [(list(t.encode()[:300]), len(t.encode()[:300])) for t in HELDOUT[:n]]
+
+
+def bpb_of(lm: "evaluator.ServedLM", seq_len: int, n_docs: int = 6) -> float:
+    """Held-out bits per byte through ``lm`` (windows of ``seq_len``, batches of up to 16 rows), probes finished."""
+    bpb = evaluator.bits_per_byte(lm, iter(byte_docs(n_docs)), 256, seq_len, lm.vocab_size)
+    lm.finish()
+    return bpb
+
+
+def test_probe_catches_a_model_that_peeks_across_the_rows_of_a_batch() -> None:
+    def peek_rows(idx: torch.Tensor) -> torch.Tensor:
+        # Causal within each row, but every row also sees the other rows' last tokens.
+        last = own_token(idx[:, -1:])
+        others = (last.sum(0, keepdim=True) - last) / max(idx.size(0) - 1, 1)
+        return own_token(idx) + others
+    lm = served(RuleModel(peek_rows))
+    bpb_of(lm, seq_len=64)
+    assert lm.probes >= 3 and not lm.causal and lm.leak > 0.01
+    honest = served(RuleModel(own_token))
+    bpb_of(honest, seq_len=64)
+    assert honest.probes >= 3 and honest.causal and honest.leak == 0.0
+
+
+def test_probe_at_the_scoring_shape_catches_a_model_causal_only_at_small_shapes() -> None:
+    def peek_when_long(idx: torch.Tensor) -> torch.Tensor:
+        out = own_token(idx)
+        if idx.size(1) > 64:  # honest at the old probe's 64-token shape, reads the next token beyond it
+            out[:, :-1] += 5.0 * torch.nn.functional.one_hot(idx[:, 1:], 320).float()
+        return out
+    small = served(RuleModel(peek_when_long), probe_rate=1.0)
+    rows, cols = (t.flatten() for t in torch.meshgrid(torch.arange(2), torch.arange(64), indexing="ij"))
+    small(torch.randint(0, 256, (2, 64)), rows, cols)
+    assert small.probes == 1 and small.causal  # a fixed small probe would pass it
+    lm = served(RuleModel(peek_when_long))
+    bpb = bpb_of(lm, seq_len=128)
+    assert lm.probes >= 3 and not lm.causal and lm.leak > 0.1
+    assert bpb < 0.5 * bpb_of(served(RuleModel(own_token)), seq_len=128)  # what peeking would have bought
+
+
+def test_the_real_model_served_scores_as_in_process_and_passes_every_probe(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.config_for_depth(2, 320, 64))
+    model.init_weights()
+    for block in model.transformer.h:  # the zero-init projections hide attention entirely
+        torch.nn.init.normal_(block.attn.c_proj.weight, std=0.1)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.1)
+    gpt.save_checkpoint(tmp_path / "model.pt", model, {"tokenizer": "bytes"})
+    lm = served(gpt.serve_model(str(tmp_path / "model.pt")), probe_rate=1.0)
+    items = {t: v[:6] for t, v in mc.build_items(HELDOUT, seed=1, n_items=6).items()}
+    bundle = mc.write_bundle(tmp_path / "minicore", items)
+    tok = load(HERE / "recipe_mini" / "tokenizer.py", "_nc_test_tokenizer").ByteTokenizer()
+    got = nanochat_core.evaluate_core(lm, tok, bundle, max_seq_len=64, batch_tokens=512)
+    want = nanochat_core.evaluate_core(nanochat_core.from_logits(model.eval()), tok, bundle, max_seq_len=64,
+                                       batch_tokens=512)
+    assert got == want
+    bpb = bpb_of(lm, seq_len=64)
+    # The same windows scored with the loss the model computes about itself (what the evaluator used to trust).
+    nats, nbytes = 0.0, 0
+    for ids, n in byte_docs(6):
+        seq, nbytes = [256] + ids, nbytes + n
+        for s in range(0, len(seq) - 1, 64):
+            w = torch.tensor([seq[s:s + 65]])
+            with torch.no_grad():
+                nats += float(model(w[:, :-1], w[:, 1:], loss_reduction="sum"))
+    assert bpb == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
+    assert lm.probes > 5 and lm.causal and lm.leak <= evaluator.LEAK_TOL and lm.normalized
+
+
+def test_a_non_causal_attention_edit_is_caught_through_the_served_model(tmp_path: Path) -> None:
     src = (HERE / "recipe_mini" / "gpt.py").read_text()
-    leaky = load(HERE / "recipe_mini" / "gpt.py", "_nc_test_leaky",
-                 src.replace("is_causal=True", "is_causal=False"))
-    for mod, expect in ((gpt, True), (leaky, False)):
-        torch.manual_seed(0)
-        model = mod.GPT(mod.config_for_depth(2, 320, 64))
-        model.init_weights()
-        for block in model.transformer.h:  # the zero-init projections hide attention entirely
-            torch.nn.init.normal_(block.attn.c_proj.weight, std=0.1)
-        torch.nn.init.normal_(model.lm_head.weight, std=0.1)
-        ok, leak = evaluator.causality_probe(model.eval(), 320, "cpu")
-        assert ok is expect, leak
+    leaky = load(HERE / "recipe_mini" / "gpt.py", "_nc_test_leaky", src.replace("is_causal=True", "is_causal=False"))
+    torch.manual_seed(0)
+    model = leaky.GPT(leaky.config_for_depth(2, 320, 64))
+    model.init_weights()
+    for block in model.transformer.h:
+        torch.nn.init.normal_(block.attn.c_proj.weight, std=0.1)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.1)
+    leaky.save_checkpoint(tmp_path / "model.pt", model, {"tokenizer": "bytes"})
+    lm = served(leaky.serve_model(str(tmp_path / "model.pt")), min_probes=1)
+    bpb_of(lm, seq_len=64, n_docs=2)
+    assert not lm.causal and lm.leak > evaluator.LEAK_TOL
+
+
+def test_probes_through_a_real_model_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's own serve_model behind the harness' model server (sandboxed where bubblewrap runs): an honest
+    checkpoint passes, the same weights under a non-causal attention edit are caught."""
+    from pytest_autoresearch.runtime import EvalContext
+    from pytest_autoresearch.sandbox import Limits, Sandbox, detect, sandbox_to_json
+
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.config_for_depth(2, 320, 64))
+    model.init_weights()
+    for block in model.transformer.h:
+        torch.nn.init.normal_(block.attn.c_proj.weight, std=0.1)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.1)
+    (tmp_path / "out" / "seed-0").mkdir(parents=True)
+    gpt.save_checkpoint(tmp_path / "out" / "seed-0" / "model.pt", model, {"tokenizer": "bytes"})
+    honest, leaky = tmp_path / "honest", tmp_path / "leaky"
+    shutil.copytree(HERE / "recipe_mini", honest)
+    shutil.copytree(HERE / "recipe_mini", leaky)
+    (leaky / "gpt.py").write_text((honest / "gpt.py").read_text().replace("is_causal=True", "is_causal=False"))
+    monkeypatch.chdir(tmp_path)
+    sandbox = sandbox_to_json(Sandbox(detect("auto"), Limits(), protected=[HERE]))
+    for workspace, causal in ((honest, True), (leaky, False)):
+        ctx = EvalContext(outputs_dir=tmp_path / "out", seeds=(0,), workspace=workspace, train_dir=tmp_path,
+                          test_dir=tmp_path, private_dir=tmp_path / "priv", device="cpu", variant="mini", threads=1,
+                          sandbox=sandbox)
+        with ctx.model_server(0, module="gpt.py", factory="serve_model", artifact="model.pt",
+                              attrs=("vocab_size", "max_seq_len", "tokenizer"), methods=("log_probs",)) as server:
+            lm = evaluator.ServedLM(server, probe_rate=0.5, min_probes=2)
+            assert (lm.vocab_size, lm.max_seq_len, server.attrs["tokenizer"]) == (320, 64, "bytes")
+            bpb_of(lm, seq_len=64, n_docs=3)
+        assert lm.causal is causal and lm.normalized and lm.probes >= 2, (workspace.name, lm.leak)
+
+
+def test_served_answers_are_checked() -> None:
+    unnormalized = RuleModel(own_token)
+    unnormalized.log_probs = lambda idx, rows, cols: own_token(idx)[rows, cols]  # logits, not log-probabilities
+    lm = served(unnormalized, probe_rate=0.0)
+    bpb_of(lm, seq_len=32, n_docs=1)
+    assert not lm.normalized and lm.norm_error > 1.0
+    short = RuleModel(own_token)
+    short.log_probs = lambda idx, rows, cols: torch.zeros(len(rows), 10)
+    with pytest.raises(evaluator.RecipeFault, match="shape"):
+        bpb_of(served(short), seq_len=32, n_docs=1)
+    with pytest.raises(evaluator.RecipeFault, match="max_seq_len"):
+        evaluator.ServedLM(SimpleNamespace(attrs={"vocab_size": 320, "max_seq_len": "64"}), 0.1, 1)
+
+    class Tok:
+        name, bos_id = "bytes", 256
+
+        def encode(self, text: str) -> list[int]:
+            return [400]
+    tok = evaluator.RemoteTokenizer(LocalClient(Tok(), ("name", "bos_id")), vocab_size=320)
+    with pytest.raises(evaluator.RecipeFault, match="ids below 320"):
+        tok.encode("a")
+    assert evaluator.RecipeFault.recipe_fault is True  # the harness labels it crash, not evaluator_error
+
+
+def test_tokenizer_factories_by_checkpoint_name() -> None:
+    assert evaluator._tokenizer_factory({"tokenizer": "bytes"}) == "serve_bytes"
+    with pytest.raises(evaluator.RecipeFault):
+        evaluator._tokenizer_factory({"tokenizer": "../bytes"})
+    assert evaluator._tokenizer_factory({"tokenizer": "gpt2"}) == "serve_gpt2"
+    assert "gpt2" in evaluator.NEEDS_STAGED_FILES  # its server is shown the train folder's tiktoken/ (read-only)
+
+
+def test_model_server_cannot_read_heldout_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's code, started the way evaluate() starts it, sees its checkout and model.pt, nothing else."""
+    from pytest_autoresearch.runtime import EvalContext
+    from pytest_autoresearch.sandbox import Isolation, Limits, Sandbox, detect, sandbox_to_json
+
+    iso = detect("auto")
+    if not iso.sandboxed:
+        if os.environ.get("AUTORESEARCH_REQUIRE_SANDBOX"):
+            pytest.fail(f"bubblewrap is required here but cannot run: {iso.reason}")
+        pytest.skip(f"no sandbox here: {iso.reason}")
+    dirs = {d: tmp_path / d for d in ("train", "test", "priv", "out/seed-0", "wd")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    secret = {"priv": dirs["priv"] / "heldout.jsonl", "train": dirs["train"] / "train_docs.jsonl"}
+    for f in secret.values():
+        f.write_text('{"id": "x", "text": "held out"}\n')
+    (dirs["out/seed-0"] / "model.pt").write_bytes(b"weights")
+    ws = tmp_path / "ws"
+    shutil.copytree(HERE / "recipe_mini", ws)
+    targets = [str(p) for p in (*secret.values(), HERE / "evaluator.py", HERE.parent / "corpus" / "english.jsonl.gz")]
+    (ws / "spy.py").write_text(f"""
+import os
+from pathlib import Path
+
+TARGETS = {targets!r}
+
+
+class Spy:
+    def __init__(self, artifact, device):
+        self.readable = []
+        for p in TARGETS:
+            try:
+                Path(p).read_bytes()
+                self.readable.append(p)
+            except OSError:
+                pass
+        self.artifact = Path(artifact).read_bytes().decode()
+        try:
+            Path(artifact).write_bytes(b"changed")
+            self.artifact_writable = True
+        except OSError:
+            self.artifact_writable = False
+        self.root = sorted(os.listdir("/"))
+
+
+def make(artifact, device="cpu"):
+    return Spy(artifact, device)
+""")
+    monkeypatch.chdir(dirs["wd"])  # model servers keep their logs in the evaluator's working folder
+
+    def spy_report(isolation: object) -> dict:
+        ctx = EvalContext(outputs_dir=tmp_path / "out", seeds=(0,), workspace=ws, train_dir=dirs["train"],
+                          test_dir=dirs["test"], private_dir=dirs["priv"], device="cpu", variant="mini", threads=1,
+                          sandbox=sandbox_to_json(Sandbox(isolation, Limits(), protected=[HERE])))
+        with ctx.model_server(0, module="spy.py", factory="make", artifact="model.pt",
+                              attrs=("readable", "artifact", "artifact_writable", "root")) as spy:
+            return dict(spy.attrs)
+
+    seen = spy_report(iso)
+    assert seen["readable"] == [] and all(Path(t).exists() for t in targets)
+    assert seen["artifact"] == "weights" and seen["artifact_writable"] is False
+    assert {"recipe", "artifact"} <= set(seen["root"]) and "data" not in seen["root"]
+    assert (dirs["out/seed-0"] / "model.pt").read_bytes() == b"weights"
+    # The spy is no dud: in a plain process it reads every one of them.
+    assert spy_report(Isolation("process", "test"))["readable"] == targets
 
 
 def test_manual_attention_path_matches_sdpa() -> None:
@@ -278,21 +516,41 @@ def patched_recipe(src: Path, dst: Path, changes: dict[str, str]) -> Path:
 
 
 def run_phases(tmp: Path, recipe: Path, variant: str, options: dict) -> dict:
-    from pytest_autoresearch.runner import run_phase, scrubbed_env
+    """stage -> train (seed 0) -> evaluate, run as ``TaskRun.execute`` runs them: task code in plain processes,
+    the recipe in its sandbox (bubblewrap where it runs here) with the train folder as its data."""
+    from pytest_autoresearch.integrity import check_outputs, freeze
+    from pytest_autoresearch.runner import Phase, run_phase, scrubbed_env
+    from pytest_autoresearch.sandbox import Bind, Limits, Sandbox, detect, sandbox_to_json
 
-    for d in ("out", "pub", "priv", "cache", "home"):
-        (tmp / d).mkdir(exist_ok=True)
+    for d in ("train", "test", "priv", "out/seed-0", "cache", "home"):
+        (tmp / d).mkdir(parents=True, exist_ok=True)
     env = scrubbed_env(tmp / "cache", tmp / "home", threads=2)
-    base = dict(seeds=[0], outputs_dir=str(tmp / "out"), public_dir=str(tmp / "pub"), private_dir=str(tmp / "priv"),
-                cache_dir=str(tmp / "cache"), device="cpu", variant=variant, workspace=str(recipe),
-                preload=["torch"], threads=2, evaluator_script=str(HERE / "evaluator.py"), options=options,
-                artifact_bytes=None)
-    for phase in ("stage", "train", "evaluate"):
-        r = run_phase(phase, base, limit_s=240, work_dir=tmp / "w", env=env)
-        assert r.ok, f"{phase} failed: {r.deepest_error()}\n{r.log_tail()}"
-    # The recipe saw public data only; the held-out items stayed private.
-    assert sorted(p.name for p in (tmp / "pub").iterdir()) == (
+    sb = Sandbox(detect("auto"), Limits(), device="cpu", protected=[HERE])
+    task_ctx = dict(seeds=[0], device="cpu", variant=variant, threads=2, train_dir=str(tmp / "train"),
+                    test_dir=str(tmp / "test"), private_dir=str(tmp / "priv"),
+                    evaluator_script=str(HERE / "evaluator.py"), function="evaluate", options=options,
+                    artifact_bytes=None)
+    r = run_phase(Phase("stage", dict(task_ctx, outputs_dir=None, workspace=None), work_dir=tmp / "w" / "stage",
+                        limit_s=240, env=env), None)
+    assert r.ok, f"stage failed: {r.deepest_error()}\n{r.log_tail()}"
+    binds = {"recipe": Bind(recipe, "ro"), "cache": Bind(tmp / "cache", "overlay"), "data": Bind(tmp / "train", "ro"),
+             "out": Bind(tmp / "out" / "seed-0", "rw")}
+    r = run_phase(Phase("train", dict(seeds=[0], seed=0, device="cpu", variant=variant, threads=2, preload=["torch"],
+                                      recipe_options={}), work_dir=tmp / "w" / "train", limit_s=240, timed=True,
+                        binds=binds, threads=2, env=None if sb.sandboxed else env), sb)
+    assert r.ok, f"train failed: {r.deepest_error()}\n{r.log_tail()}"
+    assert check_outputs(tmp / "out") is None
+    freeze(tmp / "out")
+    r = run_phase(Phase("evaluate", dict(task_ctx, outputs_dir=str(tmp / "out"), workspace=str(recipe),
+                                         sandbox=sandbox_to_json(sb)), work_dir=tmp / "w" / "eval", limit_s=240,
+                        env=env), None)
+    assert r.ok, f"evaluate failed: {r.deepest_error()}\n{r.log_tail()}"
+    # The recipe was given training data only; evaluation items and held-out text stayed private.
+    assert sorted(p.name for p in (tmp / "train").iterdir()) == (
         ["procedural_train.jsonl", "train_docs.jsonl"] if variant == "mini" else ["shards"])
+    assert not any((tmp / "test").iterdir())
+    # Model and tokenizer each ran in a model server of their own.
+    assert len(list((tmp / "w" / "eval").glob("model-server-*.log"))) == 2
     return r.result
 
 
@@ -305,10 +563,11 @@ def test_mini_baseline_runs_through_phases_and_is_scored(tmp_path: Path) -> None
     assert set(m) >= {f"centered/{t}" for t in mc.TASKS} | {"mini_core", "bpb", "causal", "tokenizer_roundtrip"}
     assert m["mini_core"] == pytest.approx(sum(m[f"centered/{t}"] for t in mc.TASKS) / len(mc.TASKS))
     assert m["mini_core_per_seed"] == [m["mini_core"]]
-    assert m["causal"] is True and m["tokenizer_roundtrip"] is True
+    assert m["causal"] is True and m["tokenizer_roundtrip"] is True and m["logprobs_normalized"] is True
+    assert m["causal_probes"] >= 3 and m["causal_max_leak"] <= 1e-3 and m["logprobs_max_error"] <= 1e-3
     assert 0 < m["bpb"] < math.log2(320)  # below the uniform byte model after 4 steps
     assert (tmp_path / "priv" / "minicore" / "core.yaml").is_file()
-    staged_train = (tmp_path / "pub" / "train_docs.jsonl").read_text()
+    staged_train = (tmp_path / "train" / "train_docs.jsonl").read_text()
     heldout_ids = {json.loads(line)["id"] for line in open(tmp_path / "priv" / "heldout.jsonl")}
     assert heldout_ids and not any(f'"id": "{i}"' in staged_train for i in heldout_ids)
 
@@ -331,15 +590,18 @@ def test_full_variant_runs_through_phases_on_toy_shards_and_bundle(tmp_path: Pat
         "DEVICE_BATCH_SIZE = 32": "DEVICE_BATCH_SIZE = 2", "TOTAL_BATCH_TOKENS = 524288": "TOTAL_BATCH_TOKENS = 256",
         "COMPILE = True": "COMPILE = False", "TARGET_PARAM_DATA_RATIO = 20.0": "TARGET_PARAM_DATA_RATIO = 0.01"})
     m = run_phases(tmp_path, recipe, "full", dict(eval_bundle=str(bundle), data_dir=str(data), core_max_per_task=-1,
-                                                   bpb_tokens=3000, batch_tokens=4096))
+                                                   bpb_tokens=3000, batch_tokens=4096, tiktoken_encodings=[]))
     assert set(m) >= {"core", "core_per_seed", "bpb", "centered/mc", "centered/schema", "centered/lm"}
     assert m["core"] == pytest.approx((m["centered/mc"] + m["centered/schema"] + m["centered/lm"]) / 3)
-    assert m["causal"] is True and 0 < m["bpb"] < 20
+    assert m["causal"] is True and m["logprobs_normalized"] is True and 0 < m["bpb"] < 20
     assert [p.name for p in (tmp_path / "priv" / "val").iterdir()] == ["shard_00001.jsonl"]
+    # The training shard is a file the sandbox can read (a symbolic link would point outside it).
+    staged = tmp_path / "train" / "shards" / "shard_00000.jsonl"
+    assert not staged.is_symlink() and staged.read_bytes() == (data / "shard_00000.jsonl").read_bytes()
 
 
 def test_full_stage_says_what_is_missing(tmp_path: Path) -> None:
-    ctx = SimpleNamespace(variant="full", options={}, public_dir=tmp_path, private_dir=tmp_path)
+    ctx = SimpleNamespace(variant="full", options={}, train_dir=tmp_path, test_dir=tmp_path, private_dir=tmp_path)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("NANOCHAT_DATA_DIR", raising=False)
         with pytest.raises(FileNotFoundError, match="NANOCHAT_DATA_DIR"):

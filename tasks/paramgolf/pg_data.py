@@ -5,13 +5,14 @@
 - SentencePiece byte accounting as the challenge does it: a target token's bytes are its piece's UTF-8 length
   (byte-fallback tokens: 1, control/unknown/unused: 0), plus 1 for a leading "▁" unless the previous token is
   a boundary (control/unknown/unused) token.
-- Sliding-window scoring, the causality probe and the normalization check.
+- Sliding-window scoring with the normalization check; a ``pytest_autoresearch.causality.CausalProbe`` rides along.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -112,6 +113,12 @@ def bits_per_byte(nll_nats_sum: float, n_bytes: int) -> float:
 
 # --- scoring ------------------------------------------------------------------------------------------------
 
+class RecipeFault(ValueError):
+    """The recipe's model answered something unusable: the harness labels the trial ``crash``."""
+
+    recipe_fault = True
+
+
 def windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
     """Evaluation windows over a stream of ``n_tokens``: (start, end, first_scored).
 
@@ -131,33 +138,56 @@ def windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, in
     return out
 
 
-def score_stream(log_probs: Callable, stream: np.ndarray, seq_len: int, stride: int, batch_size: int, torch_mod,
-                 device: str = "cpu", norm_tol: float = 1e-3) -> dict:
+def scoring_batches(n_tokens: int, seq_len: int, stride: int, batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """The windows grouped into batches of one length, at most ``batch_size`` each, in the order they are sent."""
+    groups: dict[int, list[tuple[int, int, int]]] = {}
+    for w in windows(n_tokens, seq_len, stride):
+        groups.setdefault(w[1] - w[0], []).append(w)
+    return [ws[i:i + batch_size] for ws in groups.values() for i in range(0, len(ws), batch_size)]
+
+
+def as_log_probs(out: Any, shape: tuple[int, int, int], torch_mod: Any, device: str = "cpu") -> Any:
+    """A model's answer as a float32 tensor on ``device``, or RecipeFault when it is not a (B, T, V) float array."""
+    torch = torch_mod
+    if isinstance(out, np.ndarray) and out.dtype.kind == "f":
+        with warnings.catch_warnings():
+            # Arrays read from the model server's pipe are read-only; they are only read here.
+            warnings.simplefilter("ignore", UserWarning)
+            out = torch.from_numpy(out)
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        raise RecipeFault(f"log_probs must return a float array of shape {shape}, got {type(out).__name__}"
+                          + (f" of {out.dtype}" if hasattr(out, "dtype") else ""))
+    if tuple(out.shape) != shape:
+        raise RecipeFault(f"log_probs returned shape {tuple(out.shape)} for an input of {shape[:2]}; expected "
+                          f"{shape} (batch, positions, vocab_size)")
+    return out.to(device=device, dtype=torch.float32)
+
+
+def score_stream(log_probs: Callable[[np.ndarray], Any], stream: np.ndarray, seq_len: int, stride: int,
+                 batch_size: int, vocab_size: int, torch_mod: Any, device: str = "cpu", norm_tol: float = 1e-3,
+                 probe: Any = None) -> dict:
     """Sum of next-token NLL over every token of ``stream`` but the first, with the normalization check.
 
-    ``log_probs(x: LongTensor[B, T]) -> Tensor[B, T, V]`` is the artifact's scoring function."""
+    ``log_probs(x: int64[B, T]) -> float[B, T, V]`` is the artifact's scoring function (a model server's, or a
+    plain function in tests). ``probe`` sees every batch and its answer and checks the ones it chose."""
     torch = torch_mod
-    tokens = torch.from_numpy(stream.astype(np.int64))
     nll, n_tok, worst = 0.0, 0, 0.0
-    groups: dict[int, list[tuple[int, int, int]]] = {}
-    for w in windows(stream.size, seq_len, stride):
-        groups.setdefault(w[1] - w[0], []).append(w)
-    for length, ws in groups.items():
-        for i in range(0, len(ws), batch_size):
-            chunk = ws[i:i + batch_size]
-            idx = torch.tensor([s for s, _, _ in chunk])[:, None] + torch.arange(length + 1)[None]
-            seqs = tokens[idx].to(device)
-            lp = log_probs(seqs[:, :-1]).float()
-            if lp.shape[:2] != (len(chunk), length) or lp.ndim != 3:
-                raise ValueError(f"log_probs returned shape {tuple(lp.shape)} for input {(len(chunk), length)}")
-            lse = torch.logsumexp(lp, dim=-1)
-            worst = max(worst, float(torch.nan_to_num(lse, nan=math.inf).abs().max()))
-            tgt_lp = lp.gather(-1, seqs[:, 1:, None]).squeeze(-1)
-            pos = torch.tensor([s for s, _, _ in chunk])[:, None] + 1 + torch.arange(length)[None]
-            first = torch.tensor([f for _, _, f in chunk])[:, None]
-            mask = (pos >= first).to(device)
-            nll -= float(tgt_lp[mask].double().sum())
-            n_tok += int(mask.sum())
+    for i, chunk in enumerate(scoring_batches(stream.size, seq_len, stride, batch_size)):
+        length = chunk[0][1] - chunk[0][0]
+        starts = np.array([s for s, _, _ in chunk], dtype=np.int64)
+        seqs = stream[starts[:, None] + np.arange(length + 1)[None]].astype(np.int64)
+        x = np.ascontiguousarray(seqs[:, :-1])
+        lp = as_log_probs(log_probs(x), (len(chunk), length, vocab_size), torch, device)
+        if probe is not None:
+            probe.check(i, x, lp)
+        lse = torch.logsumexp(lp, dim=-1)
+        worst = max(worst, float(torch.nan_to_num(lse, nan=math.inf).abs().max()))
+        tgt = torch.from_numpy(seqs[:, 1:]).to(device)
+        tgt_lp = lp.gather(-1, tgt[..., None]).squeeze(-1)
+        first = np.array([f for _, _, f in chunk])[:, None]
+        mask = torch.from_numpy(starts[:, None] + 1 + np.arange(length)[None] >= first).to(device)
+        nll -= float(tgt_lp[mask].double().sum())
+        n_tok += int(mask.sum())
     if n_tok != stream.size - 1:
         raise AssertionError(f"scored {n_tok} tokens, expected {stream.size - 1}")
     normalized = worst <= norm_tol
@@ -165,26 +195,3 @@ def score_stream(log_probs: Callable, stream: np.ndarray, seq_len: int, stride: 
             "normalization_reason": "" if normalized else
             f"log-probabilities do not sum to 1 at some position: |logsumexp| reached {worst:.3g} "
             f"(tolerance {norm_tol:g}); the model must output a normalized next-token distribution"}
-
-
-def causality_probe(log_probs: Callable, stream: np.ndarray, seq_len: int, vocab_size: int, torch_mod,
-                    device: str = "cpu", tol: float = 1e-4, seed: int = 0) -> tuple[bool, str]:
-    """Replace every token after position p (in this row and in the other row of the batch) and check that
-    the log-probabilities at positions <= p do not change. Returns (ok, reason)."""
-    torch = torch_mod
-    t = max(8, min(seq_len, 256, (stream.size - 1) // 2))
-    base = torch.from_numpy(stream[: 2 * t].astype(np.int64)).view(2, t).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    ref = log_probs(base).float()
-    for p in sorted({t // 4, t // 2, (3 * t) // 4, t - 2}):
-        shifted = base.clone()
-        # Adding 1..V-1 modulo V changes every perturbed token.
-        delta = torch.randint(1, max(vocab_size, 2), (2, t), generator=gen).to(device)
-        shifted[0, p + 1:] = (base[0, p + 1:] + delta[0, p + 1:]) % vocab_size
-        shifted[1] = (base[1] + delta[1]) % vocab_size
-        out = log_probs(shifted).float()
-        diff = float((out[0, : p + 1] - ref[0, : p + 1]).abs().max())
-        if not diff <= tol:
-            return False, (f"log-probs at positions <= {p} changed by {diff:.3g} when later tokens (or another "
-                           f"sequence in the batch) changed: the model reads tokens it has not been given yet")
-    return True, ""

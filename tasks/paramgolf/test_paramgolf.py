@@ -1,9 +1,9 @@
 """Parameter Golf: train the best language model whose artifact fits a byte cap, scored by bits per byte.
 
-Score: validation bits per byte (lower is better) of the ARTIFACT: the evaluator rebuilds the model from the
-quantized, compressed file the recipe wrote (``model.ptz``, via ``model.load_artifact``) in its own process and
-scores the held-out validation split, which the recipe never sees. bpb = total cross-entropy in nats / ln 2 /
-UTF-8 bytes of the text scored, so tokenizers are compared fairly.
+Score: validation bits per byte (lower is better) of the ARTIFACT: the model is rebuilt from the quantized,
+compressed file the recipe wrote (``model.ptz``, via ``model.load_artifact``) in sandboxed model servers that see
+only the recipe's code and that file, and scored on the held-out validation split, which the recipe never sees.
+bpb = total cross-entropy in nats / ln 2 / UTF-8 bytes of the text scored, so tokenizers are compared fairly.
 
 Rules (each enforced by the evaluator; a violation is labelled, never scored):
 - Artifact bytes = every file in the recipe folder + the compressed model, at most the byte cap
@@ -11,7 +11,8 @@ Rules (each enforced by the evaluator; a violation is labelled, never scored):
   Over the cap -> size_blocked. Bigger models must pay for themselves with better quantization/compression.
 - Training has a wall-clock budget (the recipe also stops itself at MAX_WALLCLOCK_SECONDS) -> budget_overrun.
 - Causality: the log-probabilities at a position may depend only on earlier tokens of the same sequence.
-  A probe replaces later tokens and checks nothing earlier moves -> gate_miss.
+  Random scoring batches get a twin with later tokens (or other rows) replaced, answered by a second model
+  server; nothing the change may not reach may move -> gate_miss.
 - The model must output a normalized next-token distribution (log-probs whose logsumexp is 0) -> gate_miss.
 - mini: the tokenizer must be lossless (its pieces concatenate back to the exact bytes) -> gate_miss.
 - The recipe gets only the training split (ctx.data_dir); never try to read validation data.

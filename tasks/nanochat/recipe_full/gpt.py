@@ -5,11 +5,14 @@ Follows karpathy/nanochat's first public model (gpt.py): width = 64 * depth, hea
 embedding), untied token embedding and lm_head, no biases, logit soft-capping at 15. Matrices in the transformer
 blocks train with Muon; the embedding and lm_head train with AdamW at learning rates scaled by 1/sqrt(width/768).
 
-This file is identical in recipe_mini/ and recipe_full/ (the same model code at every depth). The evaluator loads it
-from the trial's workspace through ``load_model`` and calls ``model(idx) -> logits``; keep those two entry points.
+This file is identical in recipe_mini/ and recipe_full/ (the same model code at every depth). The evaluator never
+imports it: it starts ``serve_model`` (below, outside every specialist's region) in a sandboxed model server that sees
+this folder and ``model.pt`` only, and asks it for next-token log-probabilities; ``load_model`` and
+``GPT(config)(idx) -> logits`` are what that server relies on.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -275,3 +278,32 @@ def load_model(path: Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
     model = GPT(GPTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), dict(ckpt.get("meta") or {})
+
+
+class ServedModel:
+    """What the evaluator's model server exposes: next-token log-probabilities at the positions it asks for.
+
+    Never a loss: the evaluator gathers each target's log-probability itself and checks that every returned row
+    is a normalized distribution over the whole vocabulary.
+    """
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        self.model, self.meta = load_model(path, device)
+        self.device = device
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.max_seq_len = int(self.model.max_seq_len)
+        self.tokenizer = str(self.meta.get("tokenizer", "bytes"))
+
+    @torch.no_grad()
+    def log_probs(self, idx: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """log_softmax of the logits at positions ``(rows[i], cols[i])`` of the batch ``idx`` (B, T): (N, vocab)."""
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda")
+                    else contextlib.nullcontext())
+        with autocast:
+            logits = self.model(idx.long())
+        return F.log_softmax(logits[rows.long(), cols.long()].float(), -1).cpu()
+
+
+def serve_model(path: str, device: str = "cpu") -> ServedModel:
+    """The model server's factory: the trained model of ``save_checkpoint``'s file, ready to be asked."""
+    return ServedModel(Path(path), device)

@@ -1,9 +1,13 @@
 """Tokenizers the recipe can train with, by name (stored in the checkpoint so the evaluator uses the same one).
 
 - ``bytes``: UTF-8 bytes (ids 0..255) plus a BOS id 256; vocabulary padded to 320. Needs nothing, works offline.
-- ``gpt2``: OpenAI's GPT-2 BPE through ``tiktoken`` (``pip install tiktoken``; it downloads the 50257-token
-  vocabulary once, or reads it from ``TIKTOKEN_CACHE_DIR``); BOS is ``<|endoftext|>`` (50256), the document
-  separator of the pre-tokenized FineWeb ``.bin`` shards; vocabulary padded to 50304.
+- ``gpt2``: OpenAI's GPT-2 BPE through ``tiktoken`` (``pip install tiktoken``); recipe processes have no network,
+  so the task's stage() caches the 50257-token vocabulary in ``data_dir/tiktoken``, which ``get_tokenizer`` reads
+  when given ``cache_dir=data_dir``. BOS is ``<|endoftext|>`` (50256), the document separator of the pre-tokenized
+  FineWeb ``.bin`` shards; vocabulary padded to 50304.
+
+The evaluator runs the tokenizer the checkpoint names in a sandboxed model server of its own, through the factory
+``serve_<name>`` below (encode, decode, token_bytes, bos_id).
 
 nanochat itself trains a 65536-token byte-level BPE (rustbpe, GPT-4 split pattern) on its own shards; these are
 the documented substitutes (see the task README). This file is identical in recipe_mini/ and recipe_full/.
@@ -71,9 +75,24 @@ class TiktokenTokenizer:
         return b"" if i == self.bos_id else self._enc.decode_single_token_bytes(i)
 
 
+# Embedding rows per tokenizer, known without loading it (prepare() builds the model with no data at hand).
+VOCAB_SIZES = {"bytes": ByteTokenizer.vocab_size, "gpt2": 50304}
+
+
 def get_tokenizer(name: str, cache_dir: Path | None = None) -> Tokenizer:
     if name == "bytes":
         return ByteTokenizer()
     if name == "gpt2":
         return TiktokenTokenizer("gpt2", cache_dir)
     raise ValueError(f"unknown tokenizer {name!r}: use 'bytes' or 'gpt2'")
+
+
+def serve_bytes(device: str = "cpu") -> ByteTokenizer:
+    """The evaluator's tokenizer server for checkpoints trained with ``bytes``."""
+    return ByteTokenizer()
+
+
+def serve_gpt2(device: str = "cpu", data_dir: str | None = None) -> TiktokenTokenizer:
+    """The evaluator's tokenizer server for ``gpt2`` checkpoints: the vocabulary comes from the staged
+    ``data_dir/tiktoken`` (the server has no network)."""
+    return TiktokenTokenizer("gpt2", Path(data_dir) if data_dir else None)

@@ -2,8 +2,8 @@
 
 Trains for NUM_ITERATIONS optimizer steps (nanochat's explicit horizon; its data:params ratio of 20 is out of a
 CPU's reach), stopping early at the wall-clock cap, then writes ``model.pt`` into ``ctx.out_dir``. The task's
-evaluator loads it with this folder's ``gpt.load_model`` and ``tokenizer.get_tokenizer`` and scores it on
-mini-CORE and held-out bpb.
+evaluator serves it with this folder's ``gpt.serve_model`` and ``tokenizer.serve_bytes`` (each in a sandbox of its
+own) and scores it on mini-CORE and held-out bpb.
 """
 from __future__ import annotations
 
@@ -90,22 +90,22 @@ def _peak_flops(device: str) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def build_model(ctx: Any) -> tuple[Any, gpt.GPT]:
+def build_model(ctx: Any, vocab_size: int) -> gpt.GPT:
     torch.set_float32_matmul_precision(MATMUL_PRECISION)
-    tok = tokenizer.get_tokenizer(TOKENIZER, cache_dir=ctx.cache_dir)
-    cfg = gpt.config_for_depth(DEPTH, tok.vocab_size, SEQUENCE_LEN, ASPECT_RATIO, HEAD_DIM)
+    cfg = gpt.config_for_depth(DEPTH, vocab_size, SEQUENCE_LEN, ASPECT_RATIO, HEAD_DIM)
     model = gpt.GPT(cfg).to(ctx.device)
     model.init_weights()
-    return tok, model
+    return model
 
 
 def prepare(ctx: Any) -> None:
     """Untimed: compile the training step once on random tokens so train() finds the compile cache warm."""
     if not COMPILE:
         return
-    tok, model = build_model(ctx)
+    vocab_size = tokenizer.VOCAB_SIZES[TOKENIZER]  # prepare sees no data, so no tokenizer files either
+    model = build_model(ctx, vocab_size)
     step_model = torch.compile(model, dynamic=False)
-    x = torch.randint(0, tok.vocab_size, (DEVICE_BATCH_SIZE, SEQUENCE_LEN), device=ctx.device)
+    x = torch.randint(0, vocab_size, (DEVICE_BATCH_SIZE, SEQUENCE_LEN), device=ctx.device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device == "cuda" and AUTOCAST_BF16
                 else contextlib.nullcontext())
     with autocast:
@@ -117,7 +117,9 @@ def train(ctx: Any) -> None:
     t0 = time.perf_counter()
     torch.manual_seed(ctx.seed)
     device = ctx.device
-    tok, model = build_model(ctx)
+    # The task stages what a tokenizer needs (gpt2's vocabulary) next to the training data.
+    tok = tokenizer.get_tokenizer(TOKENIZER, cache_dir=ctx.data_dir)
+    model = build_model(ctx, tok.vocab_size)
     num_params = sum(p.numel() for p in model.parameters())
     # TOTAL_BATCH_TOKENS per optimizer step, in micro-batches of at most DEVICE_BATCH_SIZE rows
     rows = max(1, min(DEVICE_BATCH_SIZE, TOTAL_BATCH_TOKENS // SEQUENCE_LEN))

@@ -1,13 +1,14 @@
 """Model, tokenizer and artifact format of the Parameter Golf recipe.
 
-The evaluator imports this file from the trial's recipe folder, in its own process, and calls
-``load_artifact(path)``; it scores what that returns and nothing else. Every file in the recipe folder counts
-toward the artifact's bytes, this one included.
+The evaluator runs this file in sandboxed model servers that see the trial's checkout and ``model.ptz``
+alone, each calling ``load_artifact(path)``; it scores what that returns and nothing else. Every file in the
+recipe folder counts toward the artifact's bytes, this one included.
 
-What the evaluator needs from ``load_artifact``: an object with ``vocab_size``, ``eval_seq_len``,
+What the evaluator needs from ``load_artifact``: an object with integer ``vocab_size``, ``eval_seq_len``,
 ``eval_stride``, ``tokenizer`` (``encode(str) -> list[int]``, ``pieces: list[bytes]``, ``bos_id``; ``None``
-where the data comes pre-tokenized) and ``log_probs(x: LongTensor[B, T]) -> FloatTensor[B, T, V]``, the
-log-probability of every next token at every position, each row depending only on ``x[b, :t + 1]``.
+where the data comes pre-tokenized; served by a process of its own) and
+``log_probs(x: LongTensor[B, T]) -> FloatTensor[B, T, vocab_size]``, the log-probability of every next token
+at every position, each row depending only on ``x[b, :t + 1]`` (not on later tokens, not on other rows).
 """
 from __future__ import annotations
 
