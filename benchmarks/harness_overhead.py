@@ -12,7 +12,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from tabulate import tabulate
 
@@ -23,7 +22,8 @@ from toytask import write_toy_task  # noqa: E402
 from pytest_autoresearch import Budget, Evaluator, Objective, Specialist, Surface  # noqa: E402
 from pytest_autoresearch.agents.offline import OfflineAgent  # noqa: E402
 from pytest_autoresearch.task import Task  # noqa: E402
-from pytest_autoresearch.trial import TaskRun  # noqa: E402
+from pytest_autoresearch.config import compose  # noqa: E402
+from pytest_autoresearch.trial import TaskRun, _write_recipe  # noqa: E402
 
 
 def main() -> None:
@@ -38,15 +38,14 @@ def main() -> None:
                     budget=Budget(train_seconds=30, eval_seconds=30, seeds=(0, 1)), legality=(),
                     evaluator=Evaluator(td / "evaluator.py"), objective=Objective("mse", "minimize"),
                     specialists=(Specialist("opt", Surface(regions=("train.py::opt",)), "x"),))
-        cfg = SimpleNamespace(seed=0, schedule="round_robin", lineage=SimpleNamespace(
-            top_k=5, recent=10, failures=5, keep_outputs=False))
+        cfg = compose([])
         run = TaskRun(task, root=root / ".autoresearch", session_id="bench", agent=OfflineAgent(seed=0),
                       agent_name="offline", device="cpu", cfg=cfg)
         run.ensure_baseline()
         bare, full = [], []
         for i in range(args.trials):
             t = time.perf_counter()
-            run.execute(td / "recipe", root / "bare" / str(i))
+            run.execute(lambda dest: _write_recipe(td / "recipe", dest), root / "bare" / str(i))
             bare.append(time.perf_counter() - t)
             t = time.perf_counter()
             run.run_trial(f"trial-{i}")

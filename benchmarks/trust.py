@@ -1,13 +1,13 @@
 """Trust figures: every attack of tests/adversarial run as a real trial, and what the sandbox costs per phase.
 
-    python benchmarks/trust.py [--unsandboxed] [--repeats 20] [--out benchmarks/results/trust.json]
+    python benchmarks/trust.py [--repeats 20] [--out benchmarks/results/trust.json]
 
 The first table counts, per mechanism, the attacks tried, how many got the label they should, and how many
-fooled the harness in each way: a score it did not earn (kept, or the best moved), a lineage changed other
+fooled the harness in each way: a score it did not earn (the attack's trial was kept), a lineage changed other
 than by its own record, a process alive after its trial, the API key found anywhere (lineage, logs, outputs,
-git history), something reached that the phase is not entitled to (its probe found it). With
-``--unsandboxed`` the same attacks (less the two that would harm this machine) also run with
-``sandbox.mode=off``, to show what the sandbox is for.
+git history), something reached that the phase is not entitled to (its probe found it). The attacks always
+run sandboxed (``sandbox.mode=bwrap``): without it they hunt the whole machine for evaluators, lineages and
+repositories and rewrite what they find.
 
 The second table times one trivial phase (interpreter start, runtime, a recipe that does nothing) bare and in
 its sandbox, side by side, medians over ``--repeats`` runs each, interleaved.
@@ -38,13 +38,13 @@ COLUMNS = ("tried", "labelled right", "fooled: score", "fooled: lineage", "recor
            "reached")
 
 
-def attack_figures(isolation: str, work: Path) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+def attack_figures(work: Path) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     rows: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
     detail = []
     for group in GROUPS:
         t = time.monotonic()
-        s = run_group(group, work / f"{isolation}-{group}", isolation=isolation)
-        print(f"  {isolation} {group}: {len(s.attacks)} attacks in {time.monotonic() - t:.0f}s", flush=True)
+        s = run_group(group, work / group)
+        print(f"  {group}: {len(s.attacks)} attacks in {time.monotonic() - t:.0f}s", flush=True)
         for a in s.attacks:
             v = s.verdict(a)
             r = rows[a.mechanism]
@@ -56,7 +56,7 @@ def attack_figures(isolation: str, work: Path) -> tuple[list[list[Any]], list[di
             r["orphans"] += int(v["orphans"] > 0)
             r["leaks"] += int(v["leaks"] > 0)
             r["reached"] += int(bool(v["reached"]))
-            detail.append({"attack": a.name, "mechanism": a.mechanism, "isolation": isolation, **v,
+            detail.append({"attack": a.name, "mechanism": a.mechanism, **v,
                            "reached": [str(x) for x in v["reached"]][:5]})
     table = [[m, *(rows[m][c] for c in COLUMNS)] for m in sorted(rows)]
     table.append(["all", *(sum(rows[m][c] for m in rows) for c in COLUMNS)])
@@ -91,21 +91,16 @@ def phase_cost(repeats: int, work: Path) -> list[list[Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--unsandboxed", action="store_true", help="also run the attacks with sandbox.mode=off")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", default="benchmarks/results/trust.json")
     args = ap.parse_args()
     result: dict[str, Any] = {"isolation": detect("auto").describe()}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        modes = ["auto"] + (["off"] if args.unsandboxed else [])
-        for mode in modes:
-            table, detail = attack_figures(mode, work)
-            title = "sandboxed" if mode == "auto" else "process-level (sandbox.mode=off)"
-            print(f"\nAttacks, {title}: {result['isolation'] if mode == 'auto' else 'no sandbox'}")
-            print(tabulate(table, headers=["mechanism", *COLUMNS], tablefmt="github"))
-            result[f"attacks_{mode}"] = {"table": [dict(zip(["mechanism", *COLUMNS], row)) for row in table],
-                                         "detail": detail}
+        table, detail = attack_figures(work)
+        print(f"\nAttacks, sandboxed: {result['isolation']}")
+        print(tabulate(table, headers=["mechanism", *COLUMNS], tablefmt="github"))
+        result["attacks"] = {"table": [dict(zip(["mechanism", *COLUMNS], row)) for row in table], "detail": detail}
         cost = phase_cost(args.repeats, work / "cost")
         print(f"\nOne trivial phase, {args.repeats} runs each, interleaved (ms)")
         print(tabulate(cost, headers=["phase", "median", "min", "vs bare"], tablefmt="github"))

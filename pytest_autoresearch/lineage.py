@@ -50,13 +50,13 @@ class LineageView:
     recent: list[Record] = field(default_factory=list)
     failures: list[Record] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
-    noise: float | None = None
+    rule: str = ""   # the keep rule with its current numbers (acceptance.describe_rule)
 
     def render(self, max_diff_lines: int = 40) -> str:
         """A plain-text rendering for prompts and logs."""
         lines = [f"Task {self.task}: {self.direction} {self.metric}; {self.n_trials} trials recorded."]
-        if self.noise:
-            lines.append(f"Noise: standard error of one trial's {self.metric} at the baseline: {self.noise:.4g}.")
+        if self.rule:
+            lines.append(f"Keep rule: {self.rule}.")
         if self.best:
             lines.append("Current best: " + one_line(self.best))
             d = (self.best.get("diff") or "").splitlines()
@@ -272,35 +272,17 @@ def failures(records: list[Record], n: int) -> list[Record]:
     return recent([r for r in records if r.get("label") in FAILURES], n)
 
 
-def baseline_noise(records: list[Record]) -> float | None:
-    """The baseline's standard error of one trial's score: the larger of the per-seed spread over
-    sqrt(seeds) and the spread between repeated baseline runs. None when neither was measured."""
-    base = next((r for r in records if r.get("trial") == 0 and r.get("label") == "baseline"), None)
-    metrics = (base or {}).get("metrics", {})
-    per_seed = _numbers(metrics.get("score_per_seed"))
-    repeats = _numbers(metrics.get("score_repeats"))
-    errs = []
-    if len(per_seed) >= 2:
-        errs.append(_std(per_seed) / len(per_seed) ** 0.5)
-    if len(repeats) >= 2:
-        errs.append(_std(repeats))
-    return max(errs) if errs else None
-
-
-def _numbers(v: Any) -> list[float]:
-    return [float(x) for x in v if isinstance(x, (int, float))] if isinstance(v, list) else []
-
-
-def _std(vals: list[float]) -> float:
-    m = sum(vals) / len(vals)
-    return (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
-
-
 def make_view(task: str, metric: str, direction: str, records: list[Record], *, top: int = 5,
-              n_recent: int = 10, n_failures: int = 5) -> LineageView:
+              n_recent: int = 10, n_failures: int = 5, objective: Any = None) -> LineageView:
     b = best(records, direction)
+    rule = ""
+    if objective is not None:
+        from .acceptance import describe_rule, measured_noise, per_seed
+
+        rule = describe_rule(objective, measured_noise(records, objective), len(per_seed(b)) if b else 1,
+                             b.get("score") if b else None)
     return LineageView(
         task=task, metric=metric, direction=direction, n_trials=len(records), best=b,
         top_k=top_k(records, direction, top), ancestors_of_best=ancestors(records, b["trial"]) if b else [],
         recent=recent(records, n_recent), failures=failures(records, n_failures), records=list(records),
-        noise=baseline_noise(records))
+        rule=rule)

@@ -216,11 +216,26 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         records = lin.records(quiet=True)
         base = next((r for r in records if r.get("trial") == 0), {})
         this_run = {r["trial"] for r in sess.records.values() if r.get("task") == name}
+        run = sess.runs.get(name)
+        objective = run.task.objective if run is not None else _recorded_objective(base)
         terminalreporter.write_line(task_summary(name, records, base.get("direction", "minimize"),
                                                  base.get("metric", "score"), this_run,
-                                                 time.monotonic() - sess.started))
+                                                 time.monotonic() - sess.started, objective))
         terminalreporter.write_line(f"lineage: {lin.path}   history: git -C {lin.path.parent / 'repo'} log --all")
     if sess.stop_reason:
         terminalreporter.write_line(f"agent stopped proposing: {sess.stop_reason}")
     if sess.fatal:
         terminalreporter.write_line(f"run stopped: {sess.fatal}", red=True)
+
+
+def _recorded_objective(base: dict[str, Any]) -> Any:
+    """The objective as the baseline record keeps it (an xdist controller has no task objects)."""
+    from .task import Objective
+
+    o = base.get("objective")
+    if not isinstance(o, dict):
+        return None
+    try:
+        return Objective(**o)
+    except (TypeError, ValueError):
+        return None

@@ -6,7 +6,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .lineage import LABELS, Record, baseline_noise, best
+from .acceptance import measured_noise, min_delta_on_scale, per_seed, scale_of
+from .lineage import LABELS, Record, best
 
 
 def fmt_score(v: Any) -> str:
@@ -23,16 +24,31 @@ def live_line(nodeid_slot: str, r: Record) -> str:
             f"{delta} {t} | {(extra or '')[:110]}").replace("  ", " ")
 
 
+def keep_bar(records: list[Record], objective: Any) -> str:
+    """The keep bar as it stands, short: how far a trial must beat the best now."""
+    import math
+
+    b = best(records, objective.direction)
+    n = len(per_seed(b)) if b else 1
+    noise = measured_noise(records, objective)
+    if noise.var is None:
+        return f"min_delta {objective.min_delta:g} (noise unmeasured)"
+    se = math.sqrt(2.0 * noise.var / n)
+    bar = max(min_delta_on_scale(objective, b.get("score") if b else None), objective.noise_sigmas * se)
+    if scale_of(objective) == "relative":
+        return f"{100 * math.expm1(bar):.2f}% ({n} seeds, paired)"
+    return f"{bar:.3g} ({n} seeds, paired)"
+
+
 def task_summary(task: str, records: list[Record], direction: str, metric: str, this_run: set[int],
-                 wall_s: float | None) -> str:
+                 wall_s: float | None, objective: Any = None) -> str:
     """The summary block for one task: headline, labels, specialists."""
     if not records:
         return f"{task}: no trials recorded"
     base = next((r for r in records if r["trial"] == 0), None)
     b = best(records, direction)
     this = [r for r in records if r["trial"] in this_run and r["trial"] != 0]
-    noise = baseline_noise(records)
-    spread = f"±{noise:.3g} (std err)" if noise else "n/a (one seed, one run)"
+    spread = keep_bar(records, objective) if objective is not None else "-"
     gain = "-"
     if base and b and isinstance(base.get("score"), (int, float)) and base["score"]:
         gain = f"{100.0 * (b['score'] - base['score']) / abs(base['score']):+.2f}%"
@@ -40,7 +56,7 @@ def task_summary(task: str, records: list[Record], direction: str, metric: str, 
              f"{fmt_score(b['score'])} (trial {b['trial']})" if b else "-", gain,
              b.get("specialist") if b else "-", ((b or {}).get("hypothesis") or "")[:70],
              f"{len(this)} / {len(records)}", f"{wall_s:.0f}s" if wall_s else "-"]]
-    out = [tabulate(head, headers=["task", "baseline", "baseline spread", "best", "Δ vs baseline", "by",
+    out = [tabulate(head, headers=["task", "baseline", "keep bar now", "best", "Δ vs baseline", "by",
                                    "hypothesis", "trials (run/all)", "wall"], tablefmt="github")]
     counts = Counter(r.get("label") for r in records if r["trial"] != 0)
     run_counts = Counter(r.get("label") for r in this)

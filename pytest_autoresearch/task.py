@@ -60,13 +60,14 @@ class Budget:
 
 @dataclass(frozen=True)
 class Objective:
-    """The metric a trial is scored by, and which way is better.
+    """The metric a trial is scored by, which way is better, and how sure a keep must be.
 
-    A trial is kept only when it beats the best by more than ``min_delta`` (absolute, in metric units) and
-    by more than ``noise_sigmas`` standard errors of the baseline's spread: the larger of the per-seed spread
-    and, with ``baseline_repeats`` > 1, the spread between whole repeated baseline runs (which is what machine
-    load moves, e.g. for wall-clock objectives on a shared CPU). With ``confirm_keeps``, a would-be keep is
-    run again right after the best is re-run, and kept only if it still wins side by side.
+    A trial is kept when its mean per-seed gain over the best, on the same seeds, beats ``min_delta`` (metric
+    units) and ``noise_sigmas`` standard errors of run-to-run noise, measured from re-runs of the same code:
+    ``baseline_repeats`` > 1 re-runs the baseline, and with ``confirm_keeps`` a would-be keep is run again
+    right after the best is re-run, and kept only if it still wins side by side. ``scale="relative"`` compares
+    log ratios (for timings, whose noise grows with the score); ``"absolute"`` metric differences. See
+    ``pytest_autoresearch.acceptance``.
     """
 
     metric: str
@@ -75,10 +76,13 @@ class Objective:
     noise_sigmas: float = 2.0
     baseline_repeats: int = 1
     confirm_keeps: bool = False
+    scale: Literal["absolute", "relative"] = "absolute"
 
     def __post_init__(self) -> None:
         if self.direction not in ("minimize", "maximize"):
             raise ValueError(f"Objective.direction must be 'minimize' or 'maximize', got {self.direction!r}")
+        if self.scale not in ("absolute", "relative"):
+            raise ValueError(f"Objective.scale must be 'absolute' or 'relative', got {self.scale!r}")
         if self.baseline_repeats < 1:
             raise ValueError(f"Objective.baseline_repeats must be >= 1, got {self.baseline_repeats}")
 

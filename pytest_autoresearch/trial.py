@@ -7,6 +7,7 @@ sandbox of its own, then the evaluator on a clean checkout and the validated out
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import math
@@ -25,7 +26,8 @@ from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, ch
                     content_hash)
 from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
-from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, baseline_noise, best, make_view
+from .acceptance import Verdict, decide, measured_noise, per_seed
+from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view
 from .runner import Phase, PhaseResult, run_phase, scrubbed_env
 from .sandbox import Bind, Limits, Sandbox, detect, sandbox_to_json
 from .task import Task
@@ -54,6 +56,7 @@ class Outcome:
     eval_s: float | None = None
     prepare_s: float | None = None
     startup_s: float | None = None
+    verdict: Verdict | None = None   # set when a side-by-side confirmation decided the trial
 
 
 @dataclass(frozen=True)
@@ -403,6 +406,11 @@ class TaskRun:
             first.metrics["score_repeats"] = scores
             first.score = sum(scores) / len(scores)
             first.metrics[self.task.objective.metric] = first.score
+            per = [o.metrics.get("score_per_seed") for o in runs]
+            if all(isinstance(p, list) and len(p) == len(per[0]) for p in per):
+                # Each run's per-seed scores: re-runs of the same code are what measures run-to-run noise.
+                first.metrics["score_runs"] = per
+                first.metrics["score_per_seed"] = [sum(col) / len(col) for col in zip(*per)]
             for i in range(1, len(runs)):
                 self._cleanup_dir(self._trial_dir(0) / f"run-{i}")
         return first
@@ -416,7 +424,7 @@ class TaskRun:
         records = self.lineage.records()
         lc = self.cfg.lineage
         view = make_view(self.task.name, self.task.objective.metric, self.task.objective.direction, records,
-                         top=lc.top_k, n_recent=lc.recent, n_failures=lc.failures)
+                         top=lc.top_k, n_recent=lc.recent, n_failures=lc.failures, objective=self.task.objective)
         parent = view.best
         assert parent is not None  # ensure_baseline guarantees one
         spec = self._schedule(trial)
@@ -496,12 +504,15 @@ class TaskRun:
 
     def _confirm(self, trial: int, commit: str, outcome: Outcome) -> str | None:
         """A would-be keep is measured again right after the best is re-measured, so both see the same
-        machine; it stays a keep candidate (None) only if it still wins by the noise bar. Its score becomes
-        the mean of its two runs."""
+        machine; it stays a keep candidate (None) only if the side-by-side re-runs still pass the keep rule.
+        Its score becomes the mean of its two runs, and both pairs of re-runs join the noise estimate."""
         obj = self.task.objective
         records = self.lineage.records(quiet=True)
         b = best(records, obj.direction)
-        if b is None or outcome.score is None or obj.gain(outcome.score, b["score"]) <= keep_threshold(obj, records):
+        if b is None or outcome.score is None:
+            return None
+        first = self._per_seed(outcome)
+        if not decide(first, per_seed(b), obj, measured_noise(records, obj), b["trial"]).keep:
             return None
         try:
             again_best = self.execute(self._export(self.commit_of(b)), self._trial_dir(trial) / "confirm-best")
@@ -512,16 +523,25 @@ class TaskRun:
         if again.label is not None or again.score is None or again_best.score is None:
             outcome.notes = f"not confirmed: the re-run was {again.label or 'unscored'} ({again.notes})"
             return "discard"
-        first = outcome.score
-        outcome.score = (first + again.score) / 2
+        second, best_again = self._per_seed(again), self._per_seed(again_best)
+        seeds = sorted(first)
+        confirm = {"runs": [outcome.score, again.score], "best_trial": b["trial"], "best_rerun": again_best.score,
+                   "runs_per_seed": [[first[s] for s in seeds], [second.get(s) for s in seeds]],
+                   "best_runs_per_seed": [[_single_run(b).get(s) for s in seeds], [best_again.get(s) for s in seeds]]}
+        outcome.score = (outcome.score + again.score) / 2
         outcome.metrics[obj.metric] = outcome.score
-        outcome.metrics["confirm"] = {"runs": [first, again.score], "best_trial": b["trial"],
-                                      "best_rerun": again_best.score}
-        if obj.gain(again.score, again_best.score) <= keep_threshold(obj, records):
-            outcome.notes = (f"not confirmed: re-run {again.score:.6g} vs best (trial {b['trial']}) re-run "
-                             f"{again_best.score:.6g}, side by side")
+        if isinstance(outcome.metrics.get("score_per_seed"), list):
+            outcome.metrics["score_per_seed"] = [(first[s] + second[s]) / 2 for s in seeds]
+        outcome.metrics["confirm"] = confirm
+        noise = measured_noise([*records, {"trial": trial, "metrics": {"confirm": confirm}}], obj)
+        outcome.verdict = decide(second, best_again, obj, noise, b["trial"])
+        if not outcome.verdict.keep:
+            outcome.notes = f"not confirmed side by side: {outcome.verdict.describe()}"
             return "discard"
         return None
+
+    def _per_seed(self, outcome: Outcome) -> dict[int, float]:
+        return per_seed({"metrics": outcome.metrics, "seeds": list(self.task.budget.seeds), "score": outcome.score})
 
     def _apply_proposal_meta(self, rec: Record, p: Proposal) -> None:
         rec.update(hypothesis=p.hypothesis, expected_delta=p.expected_delta, kind=p.kind, step=p.step,
@@ -555,7 +575,7 @@ class TaskRun:
             "agent": {"name": self.agent_name, "model": getattr(self.agent, "model", None)},
             "usage": {}, "notes": "", "started": started, "ended": None, "variant": self.task.variant,
             "device": self.device, "slot": slot, "metric": self.task.objective.metric,
-            "direction": self.task.objective.direction,
+            "direction": self.task.objective.direction, "objective": dataclasses.asdict(self.task.objective),
         }
 
     def _commit_unchanged(self, rec: Record, parent: Record, why: str) -> None:
@@ -576,12 +596,16 @@ class TaskRun:
         with self.lineage.lock:
             records = self.lineage.records(quiet=True)
             b = best(records, obj.direction)
+            verdict = outcome.verdict
             if label is None:
                 label = "discard"
                 if b is not None and outcome.score is not None:
-                    gain = obj.gain(outcome.score, b["score"])
-                    if gain > keep_threshold(obj, records):
-                        label = "keep"
+                    # Against the best *now*: another worker may have kept a trial while this one ran.
+                    verdict = decide(self._per_seed(outcome), per_seed(b), obj, measured_noise(records, obj),
+                                     b["trial"])
+                    label = "keep" if verdict.keep else "discard"
+            if verdict is not None:
+                rec["acceptance"] = verdict.to_json()
             if b is not None and rec["score"] is not None and rec["trial"] != 0:
                 rec["delta_vs_best"] = rec["score"] - b["score"]
                 rec["delta_pct"] = 100.0 * rec["delta_vs_best"] / abs(b["score"]) if b["score"] else None
@@ -652,11 +676,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def keep_threshold(objective: Any, records: list[Record]) -> float:
-    """How much a trial must beat the best by to be kept: ``min_delta``, or the noise of a difference of two
-    trials (sqrt(2) standard errors, times ``noise_sigmas``), whichever is larger."""
-    t = float(objective.min_delta)
-    se = baseline_noise(records)
-    if se:
-        t = max(t, objective.noise_sigmas * se * math.sqrt(2.0))
-    return t
+def _single_run(rec: Record) -> dict[int, float]:
+    """One run's per-seed scores of a recorded trial (its recorded scores may average several runs)."""
+    m = rec.get("metrics") or {}
+    seeds = rec.get("seeds") or []
+    for runs in (m.get("score_runs"), (m.get("confirm") or {}).get("runs_per_seed")):
+        if isinstance(runs, list) and runs and isinstance(runs[-1], list) and len(runs[-1]) == len(seeds):
+            return {int(s): v for s, v in zip(seeds, runs[-1])}
+    return per_seed(rec)

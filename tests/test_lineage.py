@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.lineage import (REQUIRED_KEYS, Lineage, LineageWarning, ancestors, baseline_noise, best,
+from pytest_autoresearch.lineage import (REQUIRED_KEYS, Lineage, LineageWarning, ancestors, best,
                                          failures, make_view, recent, top_k)
 
 
@@ -97,11 +97,3 @@ def test_queries_best_topk_ancestors_recent_failures():
     view = make_view("t", "loss", "minimize", rs, top=2, n_recent=3, n_failures=1)
     text = view.render()
     assert "Current best: trial 3" in text and "notes: boom" in text and "acc low" not in text
-
-
-def test_baseline_noise_is_the_larger_standard_error_of_seeds_and_repeats():
-    rs = [rec(0, "baseline", 2.0, None, metrics={"score_per_seed": [1.0, 2.0, 3.0]})]
-    assert baseline_noise(rs) == pytest.approx(1.0 / 3 ** 0.5)
-    loaded = [rec(0, "baseline", 2.0, None, metrics={"score_per_seed": [1.0, 2.0, 3.0], "score_repeats": [2.0, 4.0]})]
-    assert baseline_noise(loaded) == pytest.approx(2 ** 0.5), "run-to-run spread dominates when larger"
-    assert baseline_noise([rec(0, "baseline", 2.0, None, metrics={"score_per_seed": [1.0]})]) is None

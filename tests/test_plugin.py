@@ -149,7 +149,8 @@ def test_baseline_repeats_measure_run_to_run_noise(toy):
     base = toy.records()[0]
     reps = base["metrics"]["score_repeats"]
     assert len(reps) == 3 and base["score"] == pytest.approx(sum(reps) / 3)
-    assert "(std err)" in proc.stdout
+    assert len(base["metrics"]["score_runs"]) == 3, "each repeat's per-seed scores are kept: they measure noise"
+    assert "keep bar now" in proc.stdout and "(2 seeds, paired)" in proc.stdout
 
 
 def test_confirmation_reruns_a_would_be_keep_beside_the_best(toy):
@@ -176,7 +177,8 @@ def test_confirmation_discards_a_lucky_first_run(toy):
                    script=[{"edits": [edit("steps = 20  # range: 1..2000", lucky)]}])
     toy.run("tasks/toy", "--autoresearch-trials", "1", "--autoresearch-agent", "scripted")
     r = toy.records()[1]
-    assert r["label"] == "discard" and r["notes"].startswith("not confirmed: re-run"), r
+    assert r["label"] == "discard" and r["notes"].startswith("not confirmed side by side: paired gain +0"), r
+    assert r["acceptance"]["gain"] == 0.0 and not r["acceptance"]["keep"], "the record says why, in numbers"
     first, again = r["metrics"]["confirm"]["runs"]
     assert first < again
 

@@ -172,7 +172,7 @@ def render_view(view: LineageView, sizes: Mapping[str, int]) -> str:
     if view.records:
         fresh = make_view(view.task, view.metric, view.direction, view.records, top=sizes["top_k"],
                           n_recent=sizes["recent"], n_failures=sizes["failures"])
-        fresh.noise = fresh.noise if fresh.noise is not None else view.noise
+        fresh.rule = fresh.rule or view.rule
         view = fresh
     notes_n = sizes["notes_chars"]
 
@@ -190,9 +190,8 @@ def render_view(view: LineageView, sizes: Mapping[str, int]) -> str:
 
     out = [f"# Lineage of task {view.task} ({view.n_trials} trials recorded; objective: {view.direction} "
            f"{view.metric})"]
-    if view.noise:
-        out.append(f"Baseline per-seed spread (std) of {view.metric}: {view.noise:.4g}; a keep must beat the "
-                   f"best by more than this noise.")
+    if view.rule:
+        out.append(f"Keep rule, with its current numbers: {view.rule}.")
     if view.best:
         out.append("## Current best\n" + line(view.best))
         diff = (view.best.get("diff") or "").splitlines()
@@ -232,10 +231,14 @@ def static_prompt(request: ProposalRequest) -> str:
     task, spec = request.task, request.specialist
     b, obj = task.budget, task.objective
     rules = [
-        f"- The recipe's train(ctx) runs once per seed for seeds {list(b.seeds)} in ONE process limited to "
-        f"{b.train_seconds:g} s of wall-clock time in total (exceeding it: budget_overrun). The timer starts once "
+        f"- The recipe's train(ctx) runs once per seed for seeds {list(b.seeds)}, each seed in a sandboxed process "
+        f"of its own (nothing carries over between seeds or trials; no network); the seeds together get "
+        f"{b.train_seconds:g} s of wall-clock time (exceeding it: budget_overrun). Each seed's timer starts once "
         f"the interpreter is up" + (f" and has imported {', '.join(b.preload)}" if b.preload else "") + ".",
-        f"- Prediction and evaluation together get {b.eval_seconds:g} s.",
+        "- predict(ctx), if defined, runs per seed too, sees only that seed's outputs and the unlabeled test "
+        "inputs, and is timed; " + (f"the predictions get {b.predict_seconds:g} s, the evaluation "
+                                     f"{b.eval_seconds:g} s." if b.predict_seconds is not None else
+                                     f"prediction and evaluation together get {b.eval_seconds:g} s."),
     ]
     if b.prepare_seconds:
         rules.append(f"- An optional prepare(ctx) runs untimed (up to {b.prepare_seconds:g} s) and gets no data: "
@@ -245,9 +248,10 @@ def static_prompt(request: ProposalRequest) -> str:
     if b.threads:
         rules.append(f"- The recipe runs with {b.threads} CPU threads.")
     checks = _describe_checks(tuple(task.legality))
-    keep_rule = f"beats the best by more than {obj.noise_sigmas:g} standard errors of the baseline's noise"
-    if obj.min_delta:
-        keep_rule += f" and by more than {obj.min_delta:g}"
+    keep_rule = (f"its mean per-seed gain over the best, on the same seeds, beats the keep bar: max(min_delta "
+                 f"{obj.min_delta:g}, {obj.noise_sigmas:g} standard errors of run-to-run noise measured from re-runs "
+                 f"of the same code){' on a relative (log ratio) scale' if obj.scale == 'relative' else ''}; the "
+                 f"lineage view states the bar with its current numbers")
     forbidden = ", ".join(repr(p) for p in task.evaluator.forbidden)
     parts = [
         f"You are the '{spec.name}' specialist of an automated research loop that improves a training recipe. "

@@ -118,11 +118,11 @@ def evaluator(autoresearch_variant: str) -> Evaluator:
 @pytest.fixture
 def objective(autoresearch_variant: str) -> Objective:
     if autoresearch_variant == "full":
-        return Objective("recipe_seconds", "minimize", baseline_repeats=2, confirm_keeps=True)
+        return Objective("recipe_seconds", "minimize", baseline_repeats=2, confirm_keeps=True, scale="relative")
     # On a shared CPU, wall-clock drifts with other load far more than the recipe changes; the mini recipe
     # runs on one thread, so its kernel-accounted CPU seconds (measured by the harness, like the wall clock)
     # are the wall-clock an idle core would show. Both are recorded; three baseline runs measure the noise.
-    return Objective("recipe_cpu_seconds", "minimize", baseline_repeats=3, confirm_keeps=True)
+    return Objective("recipe_cpu_seconds", "minimize", baseline_repeats=3, confirm_keeps=True, scale="relative")
 
 
 @pytest.fixture

@@ -90,7 +90,6 @@ class Attack:
     hypothesis: str | None = None
     parent: Any = 0
     probes: tuple[str, ...] = ()  # probe files whose "found" list must be empty: "seed" (out dirs) or "cache:NAME"
-    destructive_unsandboxed: bool = False  # would harm the machine without a sandbox (benchmarks/trust.py skips it)
 
     def payload(self, **fmt: Any) -> dict[str, Any]:
         region = None
@@ -429,7 +428,7 @@ def cheat_train(ctx):
     import signal
     _os.kill(-1, signal.SIGKILL)
     return None
-'''), expect=("discard", "crash"), destructive_unsandboxed=True),
+'''), expect=("discard", "crash")),
 ]
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -572,7 +571,7 @@ def cheat_train(ctx):
     except OSError:
         pass
     time.sleep(1000)
-'''), expect=("budget_overrun",), destructive_unsandboxed=True),
+'''), expect=("budget_overrun",)),
     Attack("exhaust_memory", "res", "resources", _region('''
 def cheat_train(ctx):
     import numpy as np

@@ -22,7 +22,7 @@ GROUPS: dict[str, dict[str, Any]] = {
     "res": dict(train_seconds=6, predict_seconds=4,
                 overrides=("sandbox.memory_bytes=2147483648", "sandbox.tmp_bytes=67108864",
                            "sandbox.file_bytes=33554432", "sandbox.log_bytes=1048576")),
-    "lm": dict(eval_seconds=6, overrides=()),
+    "lm": dict(eval_seconds=25, overrides=()),
 }
 MODE = {"mse": "mse", "time": "time", "res": "mse", "lm": "lm"}
 
@@ -111,7 +111,8 @@ class Session:
             "recorded": rec is not None,
             "label": rec and rec.get("label"),
             "labelled_right": rec is not None and rec.get("label") in attack.expect,
-            "score_unchanged": rec is not None and rec.get("label") != "keep" and legal == [0],
+            "score_unchanged": rec is not None and rec.get("label") != "keep",  # this attack earned nothing
+            "best_is_baseline": legal == [0],  # and nothing before it did either
             "lineage_unchanged": bool(ev.get("grew_by_one")),
             "orphans": len(ev.get("procs", [])),
             "leaks": len(ev.get("key_hits", [])),
@@ -125,12 +126,13 @@ class Session:
         return sorted((self.lineage / "trials" / f"{trial:05d}" / "out").glob("seed-*/probe.json"))
 
 
-def run_group(group: str, root: Path, isolation: str = "auto") -> Session:
+def run_group(group: str, root: Path) -> Session:
     """One pytest session on a fresh vault in ``root``: every attack of ``group``, one trial each.
 
-    ``isolation="off"`` runs them with process-level isolation (attacks marked destructive are left out)."""
+    Always sandboxed: without the sandbox these attacks reach the whole machine (they hunt for evaluators,
+    lineages and git repositories from ``/`` and rewrite what they find)."""
     conf = GROUPS[group]
-    attacks = [a for a in ALL if a.group == group and (isolation != "off" or not a.destructive_unsandboxed)]
+    attacks = [a for a in ALL if a.group == group]
     listener = Listener()
     copy = _labels_copy(root)
     marker = MARKER + group.upper()  # one per group: groups may run side by side
@@ -147,7 +149,7 @@ def run_group(group: str, root: Path, isolation: str = "auto") -> Session:
             "--autoresearch-override", f"sandbox.extra_ro_binds=[{root / 'pkgdata'}]"]
     for o in conf["overrides"]:
         args += ["--autoresearch-override", o]
-    args += ["--autoresearch-override", f"sandbox.mode={isolation}"]
+    args += ["--autoresearch-override", "sandbox.mode=bwrap"]
     try:
         proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     finally:
@@ -157,7 +159,7 @@ def run_group(group: str, root: Path, isolation: str = "auto") -> Session:
 
 
 def _kill_marked(marker: str) -> None:
-    """Processes an attack left behind (only possible without a sandbox) are killed once counted."""
+    """Processes an attack left behind (none should be) are killed once counted."""
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:

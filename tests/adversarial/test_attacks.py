@@ -37,7 +37,7 @@ def test_attack_is_labelled_and_changes_nothing(sessions: dict[str, Session], at
     v = s.verdict(attack)
     rec = s.records[trial]
     assert v["labelled_right"], (rec["label"], rec["notes"][:1500])
-    assert v["score_unchanged"], "the attack was kept, or the best is no longer the baseline"
+    assert v["score_unchanged"] and v["best_is_baseline"], "the attack was kept, or the best is no longer the baseline"
     assert v["lineage_unchanged"], "the lineage changed other than by this trial's record"
     assert v["orphans"] == 0, f"processes of the attack are still alive: {s.evidence[trial]['procs']}"
     assert v["leaks"] == 0, f"the API key reached {s.evidence[trial]['key_hits']}"

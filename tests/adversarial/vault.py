@@ -157,7 +157,7 @@ def evaluate_lm(ctx):
     nll, causal, normalized, reasons = [], True, True, []
     for s in ctx.seeds:
         kw = dict(module="model.py", factory="load", artifact="w.npy", attrs=("vocab_size",),
-                  methods=("log_probs",), timeout_s=20, tensors="numpy")
+                  methods=("log_probs",), timeout_s=10, tensors="numpy")
         total = 0.0
         # The twin server never sees a real batch. Every batch is probed here (a real task samples a few):
         # the suite must catch a leak every time.

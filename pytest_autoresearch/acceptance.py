@@ -1,0 +1,180 @@
+"""The keep rule: a candidate against the best, seed by seed, with run-to-run noise measured, not assumed.
+
+A trial is kept when its mean paired gain over the best beats a bar:
+
+    gain_i    = how much better the candidate is than the best on seed i (same seeds: a paired comparison),
+                in metric units (``scale="absolute"``) or as a log ratio (``scale="relative"``: timings, whose
+                noise grows with the score);
+    keep iff  mean(gain_i) > max(min_delta, noise_sigmas * sqrt(2 * var_run / n)).
+
+``var_run`` is the variance of one seed's score between two runs of the same code, pooled over every re-run
+the lineage holds: the baseline's repeats (``Objective.baseline_repeats``) and the side-by-side re-runs of
+``confirm_keeps``. Seed-to-seed spread is not noise (both trials ran the same seeds), and a deterministic
+score, whose re-runs agree exactly, has none: the bar is then ``min_delta`` alone. Until a task has any
+re-run, the bar is ``min_delta`` too, and the record says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Pooled run-to-run variance of one seed's score (on the objective's scale), and what it came from."""
+
+    var: float | None
+    dof: int = 0
+    sources: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.var is None:
+            return "not measured yet (no re-runs of the same code)"
+        return (f"run-to-run sd per seed {math.sqrt(self.var):.3g} from {self.dof} degree(s) of freedom "
+                f"({', '.join(self.sources)})")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a candidate was or was not kept, in the numbers the rule used."""
+
+    keep: bool
+    gain: float                      # mean paired gain (metric units, or log ratio)
+    threshold: float                 # the bar it had to beat
+    se: float | None                 # standard error of the mean paired gain from run noise (None: unmeasured)
+    n: int                           # seeds compared
+    scale: str
+    min_delta: float                 # min_delta on the same scale
+    best_trial: int | None = None
+    noise: str = ""
+    gains: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        unit = "" if self.scale == "absolute" else " (log ratio)"
+        bar = (f"max(min_delta {self.min_delta:.3g}, {self.threshold:.3g})" if self.se is not None
+               else f"min_delta {self.min_delta:.3g}")
+        return (f"paired gain {self.gain:+.4g}{unit} over {self.n} seed(s) vs trial {self.best_trial}; bar "
+                f"{self.threshold:.4g} = {bar}")
+
+
+def scale_of(objective: Any) -> str:
+    return getattr(objective, "scale", "absolute")
+
+
+def transform(values: Sequence[float], scale: str) -> list[float] | None:
+    """Scores on the rule's scale: as they are, or their logs (None where a relative score is not positive)."""
+    if scale == "absolute":
+        return [float(v) for v in values]
+    if any(v is None or not v > 0 for v in values):
+        return None
+    return [math.log(float(v)) for v in values]
+
+
+def per_seed(rec: Record) -> dict[int, float]:
+    """Seed -> score of a record (its seeds' scores when the evaluator reported them, else one entry, -1)."""
+    metrics = rec.get("metrics") or {}
+    ps = metrics.get("score_per_seed")
+    seeds = rec.get("seeds") or []
+    if isinstance(ps, list) and len(ps) == len(seeds) and all(isinstance(v, (int, float)) for v in ps):
+        return {int(s): float(v) for s, v in zip(seeds, ps)}
+    s = rec.get("score")
+    return {-1: float(s)} if isinstance(s, (int, float)) else {}
+
+
+def _run_groups(rec: Record) -> Iterable[tuple[str, list[list[float]]]]:
+    """Groups of per-seed score lists measured on the same code (each list one run, seeds aligned)."""
+    m = rec.get("metrics") or {}
+    if isinstance(m.get("score_runs"), list) and len(m["score_runs"]) >= 2:
+        yield f"trial {rec.get('trial')} repeats", m["score_runs"]
+    elif isinstance(m.get("score_repeats"), list) and len(m["score_repeats"]) >= 2:
+        yield f"trial {rec.get('trial')} repeats", [[v] for v in m["score_repeats"]]
+    c = m.get("confirm") or {}
+    for key, what in (("runs_per_seed", "re-run"), ("best_runs_per_seed", "re-run of the best")):
+        runs = c.get(key)
+        if isinstance(runs, list) and len(runs) >= 2:
+            yield f"trial {rec.get('trial')} {what}", runs
+
+
+def measured_noise(records: Iterable[Record], objective: Any) -> Noise:
+    """Pool the within-seed variance of every group of re-runs of identical code in the lineage."""
+    scale = scale_of(objective)
+    ss, dof, sources = 0.0, 0, []
+    for rec in records:
+        for name, runs in _run_groups(rec):
+            cols = list(zip(*[r for r in runs if isinstance(r, list)]))  # per seed: its values across runs
+            used = False
+            for col in cols:
+                vals = transform([v for v in col if isinstance(v, (int, float))], scale)
+                if vals is None or len(vals) < 2:
+                    continue
+                mean = sum(vals) / len(vals)
+                ss += sum((v - mean) ** 2 for v in vals)
+                dof += len(vals) - 1
+                used = True
+            if used:
+                sources.append(name)
+    if dof == 0:
+        return Noise(None)
+    return Noise(ss / dof, dof, tuple(sources[:4]) + ((f"+{len(sources) - 4} more",) if len(sources) > 4 else ()))
+
+
+def min_delta_on_scale(objective: Any, best_score: float | None) -> float:
+    md = float(getattr(objective, "min_delta", 0.0) or 0.0)
+    if scale_of(objective) == "absolute" or not md:
+        return md
+    if not best_score:
+        return 0.0
+    return abs(math.log1p(md / abs(best_score)))
+
+
+def decide(candidate: Mapping[int, float], best: Mapping[int, float], objective: Any, noise: Noise,
+           best_trial: int | None = None) -> Verdict:
+    """The keep verdict for ``candidate``'s per-seed scores against ``best``'s (see the module docstring)."""
+    scale = scale_of(objective)
+    seeds = sorted(set(candidate) & set(best))
+    if not seeds:  # measured on other seeds (or per-seed scores missing): compare the means, unpaired
+        seeds, candidate = [-1], {-1: _mean(candidate.values())}
+        best = {-1: _mean(best.values())}
+    c = transform([candidate[s] for s in seeds], scale)
+    b = transform([best[s] for s in seeds], scale)
+    best_mean = _mean(best[s] for s in seeds)
+    if c is None or b is None:  # a relative scale needs positive scores
+        scale, c, b = "absolute", [candidate[s] for s in seeds], [best[s] for s in seeds]
+    sign = 1.0 if objective.direction == "minimize" else -1.0
+    gains = [sign * (bi - ci) for bi, ci in zip(b, c)]
+    gain = sum(gains) / len(gains)
+    md = min_delta_on_scale(objective, best_mean) if scale == scale_of(objective) else float(objective.min_delta)
+    se = math.sqrt(2.0 * noise.var / len(gains)) if noise.var is not None else None
+    threshold = max(md, objective.noise_sigmas * se) if se is not None else md
+    return Verdict(keep=gain > threshold, gain=gain, threshold=threshold, se=se, n=len(gains), scale=scale,
+                   min_delta=md, best_trial=best_trial, noise=noise.describe(), gains=[round(g, 6) for g in gains])
+
+
+def describe_rule(objective: Any, noise: Noise, n_seeds: int, best_score: float | None) -> str:
+    """The rule as it stands now, for agents and the summary."""
+    scale = scale_of(objective)
+    md = min_delta_on_scale(objective, best_score)
+    what = "metric units" if scale == "absolute" else "log ratio, i.e. relative"
+    head = (f"a trial is kept when its mean per-seed gain over the best, on the same {n_seeds} seed(s) "
+            f"({what}), exceeds the bar")
+    if noise.var is None:
+        bar = f"min_delta = {md:.4g}; run-to-run noise is not measured yet"
+    else:
+        se = math.sqrt(2.0 * noise.var / max(n_seeds, 1))
+        value = max(md, objective.noise_sigmas * se)
+        bar = f"max(min_delta {md:.4g}, {objective.noise_sigmas:g} x {se:.4g}) = {value:.4g}"
+        if scale == "relative":
+            bar += f", i.e. {100 * math.expm1(value):.2f}% faster or better"
+        bar += f"; {noise.describe()}"
+    return f"{head}: {bar}"
+
+
+def _mean(values: Iterable[float]) -> float:
+    v = list(values)
+    return sum(v) / len(v) if v else float("nan")

@@ -1,0 +1,194 @@
+"""The keep rule: paired per seed, run-to-run noise measured from re-runs, relative where noise scales.
+
+Unit tests on the rule itself, then two real sessions on a tiny task whose score per seed is
+``LEVEL * (1 + 9 * seed)`` (a seed-to-seed spread far larger than any later improvement), once
+deterministic and once with run-to-run noise."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import ToyRun
+from toytask import SCRIPTED_CONFTEST, edit
+
+from pytest_autoresearch.acceptance import decide, describe_rule, measured_noise, per_seed
+from pytest_autoresearch.task import Objective
+
+
+def _rec(trial: int, per: list[float], seeds=(0, 1, 2, 3), **metrics) -> dict:
+    return {"trial": trial, "seeds": list(seeds), "score": sum(per) / len(per),
+            "metrics": {"score_per_seed": per, **metrics}}
+
+
+def test_deterministic_scores_reduce_the_rule_to_min_delta():
+    obj = Objective("loss", "minimize", baseline_repeats=2)
+    base = _rec(0, [1.0, 10.0, 19.0, 28.0], score_runs=[[1.0, 10.0, 19.0, 28.0]] * 2)
+    noise = measured_noise([base], obj)
+    assert noise.var == 0.0 and noise.dof == 4
+    v = decide({0: 0.008, 1: 0.08, 2: 0.152, 3: 0.224}, {0: 0.01, 1: 0.1, 2: 0.19, 3: 0.28}, obj, noise, 5)
+    assert v.keep and v.threshold == 0.0 and v.gain > 0, "a 20% gain far below the seed spread is real here"
+    v = decide({0: 0.01, 1: 0.1, 2: 0.19, 3: 0.28}, {0: 0.01, 1: 0.1, 2: 0.19, 3: 0.28}, obj, noise, 5)
+    assert not v.keep, "no gain is never a keep"
+    with_margin = Objective("loss", "minimize", min_delta=0.05)
+    assert not decide({0: 0.008}, {0: 0.01}, with_margin, noise).keep
+
+
+def test_noise_comes_from_re_runs_not_from_the_spread_between_seeds():
+    obj = Objective("t", "minimize", scale="relative")
+    seeds_apart = _rec(0, [1.0, 2.0, 3.0, 4.0])
+    assert measured_noise([seeds_apart], obj).var is None, "one run per seed measures no run-to-run noise"
+    rerun = _rec(0, [1.0, 2.0, 3.0, 4.0], score_runs=[[1.0, 2.0, 3.0, 4.0], [1.1, 2.2, 3.3, 4.4]])
+    noise = measured_noise([rerun], obj)
+    assert noise.var == pytest.approx((0.0953102 ** 2) / 2, rel=1e-4), "log ratio: the same 10% on every seed"
+    confirmed = {"trial": 3, "metrics": {"confirm": {"runs_per_seed": [[5.0], [5.0]],
+                                                      "best_runs_per_seed": [[4.0], [4.0]]}}}
+    pooled = measured_noise([rerun, confirmed], obj)
+    assert pooled.dof == 6 and pooled.var < noise.var and "re-run of the best" in " ".join(pooled.sources)
+
+
+def test_relative_scale_judges_timings_by_ratio():
+    rel = Objective("t", "minimize", scale="relative")
+    absolute = Objective("t", "minimize")
+    noise = measured_noise([_rec(0, [10.0, 1.0], seeds=(0, 1), score_runs=[[10.0, 1.0], [10.2, 1.02]])], rel)
+    # 1% faster on both seeds: below a ~2% run-to-run noise on the relative scale.
+    assert not decide({0: 9.9, 1: 0.99}, {0: 10.0, 1: 1.0}, rel, noise).keep
+    assert decide({0: 8.0, 1: 0.8}, {0: 10.0, 1: 1.0}, rel, noise).keep
+    # In absolute units the slow seed's noise (0.14) would hide the fast seed's 20% gain entirely.
+    abs_noise = measured_noise([_rec(0, [10.0, 1.0], seeds=(0, 1), score_runs=[[10.0, 1.0], [10.2, 1.02]])],
+                               absolute)
+    assert not decide({0: 10.0, 1: 0.8}, {0: 10.0, 1: 1.0}, absolute, abs_noise).keep
+    assert "relative" in describe_rule(rel, noise, 2, 10.0) and "%" in describe_rule(rel, noise, 2, 10.0)
+
+
+def test_per_seed_falls_back_to_the_score():
+    assert per_seed({"seeds": [0, 1], "score": 2.0, "metrics": {}}) == {-1: 2.0}
+    assert per_seed(_rec(0, [1.0, 3.0], seeds=(4, 5))) == {4: 1.0, 5: 3.0}
+
+
+# --------------------------------------------------------------------------------------------- real sessions
+
+RECIPE = '''\
+import json
+import os
+
+# autoresearch: begin opt
+LEVEL = 1.0
+RNG_SEED = 1
+# autoresearch: end opt
+
+
+def train(ctx):
+    noise = 0.0
+    if {noisy}:  # run-to-run noise, like a timing on a shared machine: from the OS, not from any seed
+        noise = (int.from_bytes(os.urandom(4), "big") / 2 ** 32 - 0.5) * 0.1
+    (ctx.out_dir / "score.json").write_text(json.dumps(LEVEL * (1 + 9 * ctx.seed) * (1 + noise)))
+'''
+
+EVALUATOR = '''\
+import json
+
+
+def evaluate(ctx):
+    per = [json.loads(ctx.read_output(s, "score.json")) for s in ctx.seeds]
+    return {"loss": sum(per) / len(per), "loss_per_seed": per}
+'''
+
+MODULE = '''\
+"""Levels: lower the loss."""
+from pathlib import Path
+
+import pytest
+
+from pytest_autoresearch import Budget, Evaluator, Objective, Specialist, Surface
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def baseline_recipe():
+    return HERE / "recipe"
+
+
+@pytest.fixture
+def budget():
+    return Budget(train_seconds=30, eval_seconds=30, seeds=(0, 1, 2, 3))
+
+
+@pytest.fixture
+def legality():
+    return []
+
+
+@pytest.fixture
+def evaluator():
+    return Evaluator(HERE / "evaluator.py")
+
+
+@pytest.fixture
+def objective():
+    return Objective("loss", "minimize", baseline_repeats=3, confirm_keeps={confirm}, scale="{scale}")
+
+
+@pytest.fixture
+def specialists():
+    return [Specialist("opt", Surface(regions=("train.py::opt",)), "Lower the loss.")]
+
+
+def test_levels(autoresearch_trial):
+    assert autoresearch_trial.legal, autoresearch_trial.describe()
+'''
+
+
+def _levels(toy: ToyRun, script: list[dict], *, noisy: bool, scale: str, confirm: bool) -> list[dict]:
+    d = toy.root / "tasks" / "levels"
+    (d / "recipe").mkdir(parents=True)
+    (d / "recipe" / "train.py").write_text(RECIPE.format(noisy=noisy))
+    (d / "evaluator.py").write_text(EVALUATOR)
+    (d / "test_levels.py").write_text(MODULE.format(confirm=confirm, scale=scale))
+    (toy.root / "conftest.py").write_text(SCRIPTED_CONFTEST)
+    (toy.root / "script.json").write_text(json.dumps(script))
+    proc = toy.run("tasks/levels", "--autoresearch-trials", str(len(script)), "--autoresearch-agent", "scripted")
+    assert "INTERNALERROR" not in proc.output
+    toy.output = proc.output  # type: ignore[attr-defined]
+    return toy.records("levels")
+
+
+def test_a_paired_gain_far_below_the_seed_spread_is_kept_when_scores_are_deterministic(toy: ToyRun):
+    recs = _levels(toy, [{"edits": [edit("LEVEL = 1.0", "LEVEL = 0.01")]},
+                         {"edits": [edit("LEVEL = 0.01", "LEVEL = 0.008")]},
+                         {"edits": [edit("RNG_SEED = 1", "RNG_SEED = 2")]}], noisy=False, scale="absolute",
+                   confirm=False)
+    assert [r["label"] for r in recs] == ["baseline", "keep", "keep", "discard"], toy.output[-2000:]
+    second = recs[2]["acceptance"]
+    assert second["se"] == 0.0 and second["threshold"] == 0.0 and second["n"] == 4
+    assert second["gain"] == pytest.approx(0.002 * (1 + 10 + 19 + 28) / 4)
+    assert "loss_per_seed" in recs[0]["metrics"] and len(recs[0]["metrics"]["score_runs"]) == 3
+
+
+def test_a_seed_only_change_on_a_noisy_recipe_is_not_kept(toy: ToyRun):
+    seeds_only = [{"edits": [edit("RNG_SEED = 1", f"RNG_SEED = {k}")]} for k in (2, 3, 4, 5)]
+    recs = _levels(toy, seeds_only + [{"edits": [edit("LEVEL = 1.0", "LEVEL = 0.7")]}], noisy=True,
+                   scale="relative", confirm=True)
+    assert [r["label"] for r in recs[1:5]] == ["discard"] * 4, [(r["label"], r.get("acceptance")) for r in recs]
+    assert recs[5]["label"] == "keep", "a real 30% gain clears the measured noise, side by side too"
+    for r in recs[1:]:
+        a = r["acceptance"]
+        assert a["se"] and a["se"] > 0 and a["scale"] == "relative" and a["n"] == 4
+        assert (a["gain"] > a["threshold"]) == (r["label"] == "keep")
+    assert recs[5]["metrics"]["confirm"]["best_trial"] == 0
+    assert "keep bar now" in toy.output and "(4 seeds, paired)" in toy.output
+
+
+def test_the_agents_view_states_the_rule_with_its_numbers():
+    from pytest_autoresearch.lineage import make_view
+
+    obj = Objective("loss", "minimize", scale="relative", noise_sigmas=2)
+    recs = [dict(_rec(0, [1.0, 2.0], seeds=(0, 1), score_runs=[[1.0, 2.0], [1.1, 2.2]]), label="baseline",
+                 specialist="baseline", parent=None, hypothesis="")]
+    view = make_view("levels", "loss", "minimize", recs, objective=obj)
+    assert "Keep rule:" in view.render() and "2 seed(s)" in view.rule and "%" in view.rule
+    bare = make_view("levels", "loss", "minimize", recs, objective=SimpleNamespace(
+        direction="minimize", min_delta=0.0, noise_sigmas=2.0, scale="absolute"))
+    assert "min_delta" in bare.rule
