@@ -2,6 +2,7 @@
 
     autoresearch task=airbench trials=50
     autoresearch -m task=airbench,paramgolf agent=offline,claude     # one job per combination
+    autoresearch new mytask [--tasks-dir tasks]                      # scaffold tasks/mytask/ to start from
 
 Each job is ``pytest <tasks_dir>/<task> --autoresearch-trials N --autoresearch-agent A`` in a subprocess. In a
 multirun every job gets its own lineage under its Hydra output folder, so agents are compared on equal terms.
@@ -61,7 +62,32 @@ def _job(cfg: Any) -> int:
     return rc
 
 
+def new(argv: list[str]) -> int:
+    """``autoresearch new <task>``: scaffold a task folder that passes a plain run and a trial run as it is."""
+    import argparse
+
+    from .scaffold import ScaffoldError, new_task
+
+    ap = argparse.ArgumentParser(prog="autoresearch new", description="Scaffold a new task to edit from.")
+    ap.add_argument("task", help="the task's name (a Python identifier): writes <tasks-dir>/<task>/")
+    ap.add_argument("--tasks-dir", default="tasks", help="the folder holding task folders (default: tasks)")
+    args = ap.parse_args(argv)
+    try:
+        files = new_task(args.task, Path(args.tasks_dir))
+    except ScaffoldError as e:
+        print(f"autoresearch new: {e}", file=sys.stderr)
+        return 2
+    target = Path(args.tasks_dir) / args.task
+    print("\n".join(f"wrote {f}" for f in files))
+    print(f"next:\n  pytest {target}                            # plain run: the recipe once\n"
+          f"  pytest --autoresearch-trials 2 {target}    # two offline-agent trials\n"
+          f"then replace the recipe, evaluator and fixtures with your task's (README, 'Adding a task')")
+    return 0
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["new"]:  # a plain subcommand, before Hydra parses the command line
+        raise SystemExit(new(sys.argv[2:]))
     import hydra
 
     hydra.main(version_base="1.3", config_path=None, config_name="autoresearch_cli")(_job)()

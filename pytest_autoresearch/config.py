@@ -46,15 +46,39 @@ class SandboxConf:
 
 
 @dataclass
+class EarlyStopConf:
+    """Stop a trial whose reported curve is clearly behind the best's at the same step (see ``progress.py``)."""
+
+    enabled: bool = False
+    margin: float = 0.1         # behind by more than this fraction of the best's value at the same step
+    min_fraction: float = 0.25  # judge only past this fraction of the best's last reported step
+    patience: int = 2           # consecutive reports behind before stopping
+
+
+@dataclass
+class SearchConf:
+    """How the search allocates turns and parents (see ``allocation.py``), and its ablations."""
+
+    parent: str = "best"              # best | tournament | own_line
+    parent_k: int = 3                 # tournament size: the top-k legal trials
+    bandit_explore: float = 0.5       # UCB exploration weight (schedule=bandit)
+    bandit_min_turns: int = 1         # turns each specialist gets before yields are compared
+    specialists: str = "separate"     # separate | merged (one agent owning every surface)
+    lineage_view: bool = True         # false: agents see only their parent (the no-lineage ablation)
+    early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
+
+
+@dataclass
 class AutoresearchConf:
     variant: str = "auto"
     device: str = "auto"
     seed: int = 0
-    schedule: str = "round_robin"
+    schedule: str = "bandit"
     agent: Any = MISSING
     budget: BudgetOverrides = field(default_factory=BudgetOverrides)
     lineage: LineageConf = field(default_factory=LineageConf)
     sandbox: SandboxConf = field(default_factory=SandboxConf)
+    search: SearchConf = field(default_factory=SearchConf)
 
 
 class ConfigError(ValueError):
@@ -95,7 +119,9 @@ def compose(overrides: list[str], agent: str | None = None) -> Any:
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"bad --autoresearch-override in {ovs}: {_first_line(e)}") from None
     for key, allowed in (("variant", ("auto", "mini", "full")), ("device", ("auto", "cpu", "cuda")),
-                         ("schedule", ("round_robin", "random")), ("sandbox.mode", ("auto", "bwrap", "off"))):
+                         ("schedule", ("round_robin", "random", "bandit")), ("sandbox.mode", ("auto", "bwrap", "off")),
+                         ("search.parent", ("best", "tournament", "own_line")),
+                         ("search.specialists", ("separate", "merged"))):
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
@@ -109,9 +135,10 @@ def _check_ranges(cfg: Any) -> None:
     positive = ["budget.train_seconds", "budget.eval_seconds", "budget.predict_seconds", "budget.seeds",
                 "budget.artifact_bytes", "budget.threads", "lineage.lock_timeout_s", "sandbox.memory_bytes",
                 "sandbox.max_procs", "sandbox.open_files", "sandbox.file_bytes", "sandbox.tmp_bytes",
-                "sandbox.log_bytes"]
+                "sandbox.log_bytes", "search.parent_k", "search.bandit_min_turns", "search.early_stop.patience"]
     non_negative = ["budget.prepare_seconds", "budget.startup_seconds", "lineage.top_k", "lineage.recent",
-                    "lineage.failures"]
+                    "lineage.failures", "search.bandit_explore", "search.early_stop.margin",
+                    "search.early_stop.min_fraction"]
     from omegaconf import OmegaConf
 
     for key in positive + non_negative:

@@ -225,10 +225,13 @@ class Lineage:
             yield rec
 
     def get(self, trial: int) -> Record | None:
+        """The trial's latest record: numbers are unique, except that a failed baseline measured again appends a
+        second trial-0 record after the first (both stay)."""
+        found = None
         for r in self.records(quiet=True):
             if r["trial"] == trial:
-                return r
-        return None
+                found = r
+        return found
 
 
 # -- queries over a list of records (pure functions, easy to test) -------------------------------------

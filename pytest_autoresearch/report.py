@@ -14,14 +14,51 @@ def fmt_score(v: Any) -> str:
     return "-" if not isinstance(v, (int, float)) else f"{v:.6g}"
 
 
+def shorten(text: str | None, width: int) -> str:
+    """``text`` on one line, cut at a word boundary to at most ``width`` characters, ending in one '…'."""
+    s = " ".join((text or "").split())
+    if len(s) <= width:
+        return s
+    cut = s[:width - 1]
+    if " " in cut[width // 2:]:
+        cut = cut[:cut.rindex(" ")]
+    return cut.rstrip(" .,;:-") + "…"
+
+
+def change_of(r: Record, width: int = 70) -> str:
+    """The change a trial tried, short: the hypothesis' first sentence, else the edit's kind."""
+    hyp = " ".join((r.get("hypothesis") or "").split())
+    first = hyp.split(". ")[0].rstrip(".")
+    return shorten(first, width) or shorten(r.get("kind"), width)
+
+
 def live_line(nodeid_slot: str, r: Record) -> str:
-    """``trial-03 #17 [opt] keep score=12.3 Δ-2.10% train 3.1s | hypothesis``"""
+    """``toy trial-03 #17 [opt] gate_miss mse=12.3 Δ+2.10% train 3.1s wall | change | why``; keep and discard
+    lines end with the hypothesis. The score is named by its metric, so its unit shows."""
     d = r.get("delta_pct")
     delta = f"Δ{d:+.2f}%" if isinstance(d, (int, float)) else ""
-    t = f"train {r['train_s']:.1f}s" if isinstance(r.get("train_s"), (int, float)) else ""
-    extra = r.get("notes") if r.get("label") not in ("keep", "discard", "baseline") else r.get("hypothesis")
-    return (f"{nodeid_slot} #{r['trial']} [{r.get('specialist')}] {r.get('label')} score={fmt_score(r.get('score'))} "
-            f"{delta} {t} | {(extra or '')[:110]}").replace("  ", " ")
+    t = f"train {r['train_s']:.1f}s wall" if isinstance(r.get("train_s"), (int, float)) else ""
+    if r.get("label") in ("keep", "discard", "baseline"):
+        extra = shorten(r.get("hypothesis"), 110)
+    else:
+        extra = " | ".join(x for x in (change_of(r), shorten(r.get("notes"), 110)) if x)
+    return " ".join(x for x in (f"{nodeid_slot} #{r['trial']} [{r.get('specialist')}] {r.get('label')}",
+                                f"{r.get('metric') or 'score'}={fmt_score(r.get('score'))}", delta, t,
+                                f"| {extra}") if x)
+
+
+def plain_line(r: Record) -> str:
+    """``toy: plain run baseline score=0.00811 (mse) | gates: r2>=0.9 ok (0.9998)``"""
+    score = f"score={fmt_score(r.get('score'))}" + (f" ({r['metric']})" if r.get("metric") else "")
+    line = f"{r['task']}: plain run {r['label']} {score}"
+    gates = r.get("gates") or []
+    if gates:
+        line += " | gates: " + "; ".join(
+            f"{g['check']} {'ok' if g.get('ok') else 'MISSED'}"
+            + (f" ({fmt_score(g['value'])})" if isinstance(g.get("value"), (int, float)) else "") for g in gates)
+    if r.get("notes"):
+        line += " | " + str(r["notes"]).splitlines()[0]
+    return line
 
 
 def keep_bar(records: list[Record], objective: Any) -> str:
@@ -45,7 +82,7 @@ def task_summary(task: str, records: list[Record], direction: str, metric: str, 
     """The summary block for one task: headline, labels, specialists."""
     if not records:
         return f"{task}: no trials recorded"
-    base = next((r for r in records if r["trial"] == 0), None)
+    base = next((r for r in reversed(records) if r["trial"] == 0), None)  # a failed baseline may be re-measured
     b = best(records, direction)
     this = [r for r in records if r["trial"] in this_run and r["trial"] != 0]
     spread = keep_bar(records, objective) if objective is not None else "-"
@@ -54,7 +91,7 @@ def task_summary(task: str, records: list[Record], direction: str, metric: str, 
         gain = f"{100.0 * (b['score'] - base['score']) / abs(base['score']):+.2f}%"
     head = [[f"{task} ({direction} {metric})", fmt_score(base.get("score") if base else None), spread,
              f"{fmt_score(b['score'])} (trial {b['trial']})" if b else "-", gain,
-             b.get("specialist") if b else "-", ((b or {}).get("hypothesis") or "")[:70],
+             b.get("specialist") if b else "-", shorten((b or {}).get("hypothesis"), 70),
              f"{len(this)} / {len(records)}", f"{wall_s:.0f}s" if wall_s else "-"]]
     out = [tabulate(head, headers=["task", "baseline", "keep bar now", "best", "Δ vs baseline", "by",
                                    "hypothesis", "trials (run/all)", "wall"], tablefmt="github")]

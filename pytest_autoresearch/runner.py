@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import re
 import select
@@ -19,10 +20,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .masking import StreamMasker
 from .sandbox import RUN_DIR, Bind, Sandbox, sandbox_env
@@ -63,6 +64,8 @@ class PhaseResult:
     result: Any
     log_path: Path
     log_tail_text: str = ""
+    curve: list[list[float]] = field(default_factory=list)   # (step, loss) points the phase reported
+    stopped: str | None = None                                # why the harness stopped it early, if it did
 
     @property
     def ok(self) -> bool:
@@ -156,6 +159,9 @@ class Phase:
     binds: Mapping[str, Bind] | None = None
     threads: int | None = None
     env: Mapping[str, str] | None = None  # process-level environment (task code, or recipe code without bwrap)
+    # Timed phases only: called with each reported (step, loss); a returned reason stops the phase early.
+    monitor: Callable[[float, float], str | None] | None = None
+    progress: bool = False               # keep the signal pipe open for ctx.report()
 
 
 def run_phase(phase: Phase, sandbox: Sandbox | None) -> PhaseResult:
@@ -182,6 +188,7 @@ def run_phase(phase: Phase, sandbox: Sandbox | None) -> PhaseResult:
     if phase.timed:
         r_fd, w_fd = os.pipe()
         ctx["signal_fd"] = w_fd
+        ctx["progress"] = phase.progress
     ctx_path = wd / f"{phase.name}.ctx.json"
     ctx_path.write_text(json.dumps(ctx, default=str), encoding="utf-8")
     if sandboxed:
@@ -212,6 +219,7 @@ def run_phase(phase: Phase, sandbox: Sandbox | None) -> PhaseResult:
     log = CappedLog(read_fd, log_path, head)
     timed_out: str | None = None
     t_start, cpu_before, rusage = t_spawn, 0.0, None
+    progress: _Progress | None = None
     try:
         if r_fd is not None:
             assert w_fd is not None
@@ -220,10 +228,12 @@ def run_phase(phase: Phase, sandbox: Sandbox | None) -> PhaseResult:
             if got is None:
                 timed_out = "startup"
             else:
-                t_start, cpu_before = got
+                t_start, cpu_before, rest = got
+                if phase.progress:
+                    progress = _Progress(r_fd, rest, phase.monitor)
         if timed_out is None:
-            rusage = _wait(proc, t_start + phase.limit_s)
-            if rusage is None:
+            rusage = _wait(proc, t_start + phase.limit_s, progress)
+            if rusage is None and not (progress and progress.stopped):
                 timed_out = phase.name
         t_end = time.monotonic()
     finally:
@@ -239,9 +249,11 @@ def run_phase(phase: Phase, sandbox: Sandbox | None) -> PhaseResult:
     cpu_s = None
     if rusage is not None:
         cpu_s = max(0.0, rusage.ru_utime + rusage.ru_stime - cpu_before)
-    return PhaseResult(phase=phase.name, rc=None if timed_out else proc.returncode, seconds=t_end - t_start,
-                       wall_s=t_end - t_spawn, cpu_s=cpu_s, timed_out=timed_out, error=error, result=result,
-                       log_path=log_path, log_tail_text=tail)
+    stopped = progress.stopped if progress else None
+    return PhaseResult(phase=phase.name, rc=None if timed_out or stopped else proc.returncode,
+                       seconds=t_end - t_start, wall_s=t_end - t_spawn, cpu_s=cpu_s, timed_out=timed_out,
+                       error=None if stopped else error, result=result, log_path=log_path, log_tail_text=tail,
+                       curve=progress.curve if progress else [], stopped=stopped)
 
 
 def _read_json(path: Path) -> Any:
@@ -270,8 +282,54 @@ def _kill_group(proc: subprocess.Popen) -> Any:
     return usage
 
 
-def _wait(proc: subprocess.Popen, deadline: float) -> Any:
-    """Reap ``proc`` by ``deadline`` (monotonic); its kernel resource usage, or None on timeout."""
+class _Progress:
+    """The ``P step loss`` lines a timed phase writes after its start signal, read as they come. The phase is
+    untrusted: lines are capped in length and number, and anything unparsable is ignored."""
+
+    MAX_POINTS = 10_000
+    MAX_LINE = 256
+
+    def __init__(self, fd: int, rest: bytes, monitor: Callable[[float, float], str | None] | None) -> None:
+        self.fd, self.buf, self.monitor = fd, b"", monitor
+        self.curve: list[list[float]] = []
+        self.stopped: str | None = None
+        self.open = True
+        self._take(rest)
+
+    def _take(self, chunk: bytes) -> None:
+        lines = (self.buf + chunk).split(b"\n")
+        self.buf = lines.pop()[-self.MAX_LINE:]
+        for line in lines:
+            parts = line[:self.MAX_LINE].split()
+            if len(parts) != 3 or parts[0] != b"P" or len(self.curve) >= self.MAX_POINTS:
+                continue
+            try:
+                step, loss = float(parts[1]), float(parts[2])
+            except ValueError:
+                continue
+            if not (math.isfinite(step) and math.isfinite(loss)):
+                continue
+            self.curve.append([step, loss])
+            if self.monitor is not None and self.stopped is None:
+                self.stopped = self.monitor(step, loss)
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for progress lines and take them (at EOF, just sleep)."""
+        if not self.open:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            chunk = os.read(self.fd, 1 << 16)
+            if chunk:
+                self._take(chunk)
+            else:
+                self.open = False
+
+
+def _wait(proc: subprocess.Popen, deadline: float, progress: _Progress | None = None) -> Any:
+    """Reap ``proc`` by ``deadline`` (monotonic); its kernel resource usage, or None on timeout (or when
+    ``progress`` says to stop early)."""
     while True:
         if proc.returncode is not None:  # already reaped by a poll (it died during start-up)
             return _NO_USAGE
@@ -283,14 +341,17 @@ def _wait(proc: subprocess.Popen, deadline: float) -> Any:
             proc.returncode = os.waitstatus_to_exitcode(status)
             return usage
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or (progress is not None and progress.stopped):
             return None
-        time.sleep(min(0.01, left))
+        if progress is not None:
+            progress.pump(min(0.01, left))
+        else:
+            time.sleep(min(0.01, left))
 
 
-def _wait_signal(r_fd: int, proc: subprocess.Popen, startup_s: float) -> tuple[float, float] | None:
-    """Monotonic time of the runtime's start message and the CPU seconds it reported spending before it;
-    None if no message came within ``startup_s``."""
+def _wait_signal(r_fd: int, proc: subprocess.Popen, startup_s: float) -> tuple[float, float, bytes] | None:
+    """Monotonic time of the runtime's start message, the CPU seconds it reported spending before it, and
+    whatever followed it on the pipe; None if no message came within ``startup_s``."""
     deadline = time.monotonic() + startup_s
     buf = b""
     while True:
@@ -304,11 +365,12 @@ def _wait_signal(r_fd: int, proc: subprocess.Popen, startup_s: float) -> tuple[f
             buf += chunk
             if chunk and b"\n" not in buf:
                 continue
-            msg = buf.decode(errors="replace").split()
+            first, _, rest = buf.partition(b"\n")
+            msg = first.decode(errors="replace").split()
             try:  # EOF without a message means the process died during start-up; time it from here
                 cpu = float(msg[1]) if len(msg) >= 2 and msg[0] == "T" else 0.0
             except ValueError:
                 cpu = 0.0
-            return now, cpu
+            return now, cpu, rest
         if proc.poll() is not None:
-            return time.monotonic(), 0.0
+            return time.monotonic(), 0.0, b""

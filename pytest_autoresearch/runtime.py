@@ -7,7 +7,8 @@ entitled to (``ctx.data_dir``):
                phase whose writes to ``ctx.cache_dir`` persist to later trials.
 - ``train``    the recipe's ``train(ctx)`` for one seed, with the training data. Timed by the harness: the
                clock starts when this process writes one line to the signal pipe, just before the recipe
-               module is imported, and stops when the sandbox's pid 1 (this process) exits.
+               module is imported, and stops when the sandbox's pid 1 (this process) exits. With progress
+               on, the pipe stays open and ``ctx.report(step, loss)`` writes the training curve to it.
 - ``predict``  the recipe's optional ``predict(ctx)`` for one seed: that seed's outputs plus the unlabeled test
                inputs, never the training data. Timed the same way, against the predict budget.
 
@@ -49,6 +50,18 @@ class RecipeContext:
     threads: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     phase: str = "train"
+    progress_fd: int | None = field(default=None, repr=False)
+
+    def report(self, step: float, loss: float) -> None:
+        """Report training progress: ``loss`` (lower is better) at ``step``. The harness keeps the curve in
+        the record and, with ``search.early_stop.enabled``, stops a run clearly behind the best's curve at the
+        same step. Only the train phase reports; elsewhere this does nothing."""
+        if self.progress_fd is None:
+            return
+        try:
+            os.write(self.progress_fd, f"P {float(step)!r} {float(loss)!r}\n".encode())
+        except (OSError, ValueError, TypeError):
+            self.progress_fd = None  # the harness stopped listening (or a bad value): training goes on
 
     def log(self, **values: Any) -> None:
         """Record recipe-reported values (informational only: scores come from the evaluator)."""
@@ -210,7 +223,8 @@ def _signal_start(ctx: dict[str, Any]) -> None:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime + kids.ru_utime + kids.ru_stime
     os.write(int(fd), f"T {cpu:.6f}\n".encode())
-    os.close(int(fd))
+    if not ctx.get("progress"):
+        os.close(int(fd))
 
 
 def _eval_ctx(ctx: dict[str, Any]) -> EvalContext:
@@ -258,6 +272,8 @@ def main(argv: list[str]) -> int:
         _signal_start(ctx)
         recipe = importlib.import_module("train")
         rctx = _recipe_ctx(ctx, phase)
+        if ctx.get("progress") and ctx.get("signal_fd") is not None:
+            rctx.progress_fd = int(ctx["signal_fd"])
         if phase == "prepare":
             rctx.out_dir = None
             recipe.prepare(rctx)

@@ -1,9 +1,11 @@
 """The per-run state: composed config, the agent, one ``TaskRun`` per task. Lives in ``config.stash``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,8 @@ import pytest
 from .agents import load_factory, resolve_name
 from .config import ConfigError, compose, to_dict
 from .lineage import LEGAL, Record
-from .task import FIXTURES, Budget, Evaluator, Objective, Specialist, Task, task_name_for
+from .options import settings
+from .task import FIXTURES, Budget, Evaluator, Objective, Specialist, Task, display_path, task_name_for
 from .trial import TaskRun
 
 
@@ -38,25 +41,29 @@ class TrialResult:
 
     def describe(self) -> str:
         r = self.record
+        if self.plain and r.get("label") not in LEGAL:
+            return f"task {r.get('task')}: the baseline recipe failed ({r.get('label')}): {r.get('notes')}"
         return (f"trial {r['trial']} [{r.get('specialist')}] {r.get('label')} score={r.get('score')} "
                 f"notes={r.get('notes')!r}")
+
+    def __repr__(self) -> str:  # pytest prints it under a failed assert: the record would bury the message
+        return f"TrialResult(task {self.record.get('task')}, trial {self.record.get('trial')}, {self.label})"
 
 
 class AutoresearchSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.trials = int(config.getoption("autoresearch_trials") or 0)
-        if self.trials < 0:
-            raise pytest.UsageError(f"--autoresearch-trials must be >= 0, got {self.trials}")
-        self.agent_name = resolve_name(config.getoption("autoresearch_agent") or "auto")
+        s = settings(config)  # command line, then ini
+        self.trials = s.trials
+        self.agent_name = resolve_name(s.agent)
         try:
-            self.cfg = compose(list(config.getoption("autoresearch_override") or []), agent=self.agent_name)
+            self.cfg = compose(list(s.overrides), agent=self.agent_name)
         except ConfigError as e:
             raise pytest.UsageError(str(e)) from None
         self.agent_name = str(self.cfg.agent.name)
-        lineage = config.getoption("autoresearch_lineage")
-        self.root = Path(lineage).resolve() if lineage else Path(config.rootpath) / ".autoresearch"
-        self._check_root_writable(lineage is not None)
+        self.root = s.lineage or Path(config.rootpath) / ".autoresearch"
+        self._check_root_writable(s.lineage_from)
+        self.exit_code: pytest.ExitCode | None = None  # set when the tool, not the research, stopped the run
         worker = getattr(config, "workerinput", None)
         self.session_id = (worker or {}).get("testrunuid") or uuid.uuid4().hex[:12]
         self.is_worker = worker is not None
@@ -66,10 +73,11 @@ class AutoresearchSession:
         self.fatal: str | None = None
         self.records: dict[str, Record] = {}   # nodeid -> record, as reported (controller side too)
         self.headers: set[str] = set()         # tasks whose header line was printed
+        self.task_errors: dict[str, str] = {}  # task module -> why it cannot run (reported once)
         self._agent: Any = None
         self._device: str | None = None
 
-    def _check_root_writable(self, given: bool) -> None:
+    def _check_root_writable(self, where: str) -> None:
         """Only when trials will run: a lineage folder that cannot be written is a usage error, up front."""
         if not self.trials:
             return
@@ -79,7 +87,6 @@ class AutoresearchSession:
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            where = "--autoresearch-lineage" if given else "the default lineage folder"
             raise pytest.UsageError(f"{where} {self.root} is not writable ({e.strerror}); pass "
                                     f"--autoresearch-lineage DIR with a folder you can write") from None
 
@@ -118,27 +125,55 @@ class AutoresearchSession:
         return self._agent
 
     # -- tasks -----------------------------------------------------------------------------------------
+    def check_task_fixtures(self, metafunc: pytest.Metafunc) -> None:
+        """At collection: a task module lacking a task fixture is one collection error for the module, instead
+        of the same error at every trial item."""
+        node = metafunc.definition
+        missing = [n for n in FIXTURES if not node.session._fixturemanager.getfixturedefs(n, node)]
+        if not missing:
+            return
+        names = ", ".join(f"'{n}'" for n in missing)
+        hint = (" A task with no gates returns an empty list: @pytest.fixture def legality(): return []."
+                if "legality" in missing else "")
+        raise pytest.Collector.CollectError(
+            f"{display_path(Path(str(metafunc.definition.path)))}: the task module defines no fixture {names}; "
+            f"every task module defines "
+            f"{', '.join(FIXTURES)} (README, 'Adding a task').{hint}")
+
+    def refuse_task(self, request: pytest.FixtureRequest, why: str) -> None:
+        """A task that cannot be built fails its first item with ``why``, once; a trial run stops there (every
+        other trial of the task would fail the same way)."""
+        module = str(request.node.path)
+        first = module not in self.task_errors
+        self.task_errors.setdefault(module, why)
+        if self.trials:
+            request.session.shouldstop = f"{display_path(Path(module))} cannot run (see the error above)"
+        if not first:
+            pytest.skip(f"not run: {display_path(Path(module))} cannot run (see its first error)")
+        pytest.fail(why, pytrace=False)
+
     def build_task(self, request: pytest.FixtureRequest) -> Task:
         module = request.module
         path = Path(module.__file__)
+        shown = display_path(path)
         values = {}
         for name in FIXTURES:
             try:
                 values[name] = request.getfixturevalue(name)
             except pytest.FixtureLookupError:
-                raise pytest.UsageError(f"{path}: a task module must define the fixture '{name}' "
+                raise pytest.UsageError(f"{shown}: a task module must define the fixture '{name}' "
                                         f"(task fixtures: {', '.join(FIXTURES)})") from None
         expect = {"budget": Budget, "evaluator": Evaluator, "objective": Objective}
         for name, typ in expect.items():
             if not isinstance(values[name], typ):
-                raise pytest.UsageError(f"{path}: fixture '{name}' must return pytest_autoresearch.{typ.__name__}, "
+                raise pytest.UsageError(f"{shown}: fixture '{name}' must return pytest_autoresearch.{typ.__name__}, "
                                         f"got {type(values[name]).__name__}")
         specs = tuple(values["specialists"])
         if not all(isinstance(s, Specialist) for s in specs):
-            raise pytest.UsageError(f"{path}: fixture 'specialists' must return Specialist objects")
+            raise pytest.UsageError(f"{shown}: fixture 'specialists' must return Specialist objects")
         for c in values["legality"]:
             if not (callable(c) and hasattr(c, "label") and hasattr(c, "name")):
-                raise pytest.UsageError(f"{path}: legality check {c!r} needs a name, a label and __call__")
+                raise pytest.UsageError(f"{shown}: legality check {c!r} needs a name, a label and __call__")
         budget = values["budget"].with_overrides(to_dict(self.cfg.budget))
         try:
             return Task(name=task_name_for(path), module_path=path, baseline_recipe=Path(values["baseline_recipe"]),
@@ -146,7 +181,7 @@ class AutoresearchSession:
                         objective=values["objective"], specialists=specs, variant=self.variant,
                         brief=(module.__doc__ or "").strip())
         except ValueError as e:
-            raise pytest.UsageError(f"{path}: {e}") from None
+            raise pytest.UsageError(f"{shown}: {e}") from None
 
     def isolation(self) -> Any:
         """How recipe processes are isolated here (raises a usage error where sandbox.mode=bwrap cannot run)."""
@@ -183,10 +218,23 @@ class AutoresearchSession:
             # A plain run proposes nothing: no agent is built (and no API key is needed).
             run = TaskRun(task, root=self.root, session_id=self.session_id, agent=self.agent if self.trials else None,
                           agent_name=self.agent_name, device=self.device, cfg=self.cfg)
+            run.say = self.announce
             if self.trials:
                 self._check_variant(run)
             self.runs[task.name] = run
         return run
+
+    def announce(self, line: str) -> None:
+        """A line on the terminal as it happens (an xdist worker has none: a warning reaches the controller)."""
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None or self.is_worker:
+            warnings.warn(line, stacklevel=2)
+            return
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        # Said from inside a fixture, where pytest captures output: write past the capture, like live logging.
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            tr.ensure_newline()
+            tr.write_line(line)
 
     def _check_variant(self, run: TaskRun) -> None:
         base = run.lineage.get(0)

@@ -65,7 +65,9 @@ class Objective:
     A trial is kept when its mean per-seed gain over the best, on the same seeds, beats ``min_delta`` (metric
     units) and ``noise_sigmas`` standard errors of run-to-run noise, measured from re-runs of the same code:
     ``baseline_repeats`` > 1 re-runs the baseline, and with ``confirm_keeps`` a would-be keep is run again
-    right after the best is re-run, and kept only if it still wins side by side. ``scale="relative"`` compares
+    right after the best is re-run, and kept only if it still wins side by side; ``refresh_best_every=N``
+    screens candidates against a measurement of the best at most N trials old (re-running it when needed), for
+    timings on a machine whose speed drifts. ``scale="relative"`` compares
     log ratios (for timings, whose noise grows with the score); ``"absolute"`` metric differences. See
     ``pytest_autoresearch.acceptance``.
     """
@@ -77,6 +79,7 @@ class Objective:
     baseline_repeats: int = 1
     confirm_keeps: bool = False
     scale: Literal["absolute", "relative"] = "absolute"
+    refresh_best_every: int = 0
 
     def __post_init__(self) -> None:
         if self.direction not in ("minimize", "maximize"):
@@ -224,6 +227,7 @@ class Task:
         names = [s.name for s in self.specialists]
         if len(set(names)) != len(names):
             raise ValueError(f"task {self.name}: specialist names repeat: {names}")
+        self._check_regions()
         try:
             self.evaluator.script.relative_to(self.baseline_recipe.resolve())
         except ValueError:
@@ -231,11 +235,51 @@ class Task:
         else:
             raise ValueError(f"task {self.name}: the evaluator script must live outside the recipe folder")
 
+    def _check_regions(self) -> None:
+        """Every region a specialist names must be marked in the baseline recipe: caught here, when the task is
+        built, instead of as a failure of each trial that specialist gets."""
+        from .edits import MARK_RE, split_regions
+
+        for s in self.specialists:
+            for rel, names in s.surface.region_map().items():
+                f = self.baseline_recipe / rel
+                if not f.is_file():
+                    files = sorted(p.relative_to(self.baseline_recipe).as_posix()
+                                   for p in self.baseline_recipe.rglob("*.py") if "__pycache__" not in p.parts)
+                    raise ValueError(f"specialist '{s.name}' names region '{rel}::{names[0]}', but the recipe folder "
+                                     f"{display_path(self.baseline_recipe)} has no file {rel} (its files: "
+                                     f"{', '.join(files) or 'none'})")
+                text = f.read_text(encoding="utf-8", errors="replace")
+                chunks = split_regions(text)
+                have = [n for n, _ in chunks[:-1] if n is not None]
+                open_at = {m["name"]: i for i, line in enumerate(text.splitlines(), 1)
+                           if (m := MARK_RE.match(line)) and m["kind"] == "begin"}
+                for n in names:
+                    if n in have:
+                        continue
+                    where = f"{display_path(f)}"
+                    if chunks[-1][0] == n:
+                        raise ValueError(f"specialist '{s.name}' names region '{rel}::{n}': {where}:{open_at[n]} "
+                                         f"opens it but no '# autoresearch: end {n}' line closes it")
+                    raise ValueError(
+                        f"specialist '{s.name}' names region '{rel}::{n}', but {where} marks no region '{n}'; "
+                        f"the regions it marks: {', '.join(have) or 'none'}. Name one of them in the Surface, or "
+                        f"mark the lines with '# autoresearch: begin {n}' and '# autoresearch: end {n}'")
+
     def specialist(self, name: str) -> Specialist:
         for s in self.specialists:
             if s.name == name:
                 return s
         raise KeyError(f"task {self.name} has no specialist {name!r} (has {[s.name for s in self.specialists]})")
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter messages), else absolute."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(p)
 
 
 def task_name_for(module_path: Path) -> str:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import socket
 from dataclasses import dataclass, field
@@ -20,17 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import masking
+from . import early_stop, masking
 from .agents.base import AgentFatal, AgentStop, NoProposal, Proposal, ProposalRequest
 from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden, check_surface,
                     content_hash)
 from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
 from .acceptance import Verdict, decide, measured_noise, per_seed
+from .allocation import choose_parent, choose_specialist, merge_specialists
 from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view
 from .runner import Phase, PhaseResult, run_phase, scrubbed_env
 from .sandbox import Bind, Limits, Sandbox, detect, sandbox_to_json
-from .task import Task
+from .task import Task, display_path
 from .vcs import RepoError, TaskRepo, read_recipe
 
 STAGE_LAYOUT = 2  # bump when the staged-data layout changes, so old stagings are redone
@@ -215,8 +215,11 @@ class TaskRun:
         return scrubbed_env(self.cache_dir, home, self.task.budget.threads)
 
     # -- running one commit ----------------------------------------------------------------------------
-    def execute(self, materialize: Callable[[Path], None], trial_dir: Path) -> Outcome:
-        """Run the recipe ``materialize`` writes, then the evaluator; label what went wrong, if anything."""
+    def execute(self, materialize: Callable[[Path], None], trial_dir: Path, stop_against: Record | None = None
+                ) -> Outcome:
+        """Run the recipe ``materialize`` writes, then the evaluator; label what went wrong, if anything.
+        With ``stop_against`` (the best, when early stopping is on), a train phase whose reported curve falls
+        clearly behind that record's curve is stopped, and the trial is a ``discard`` (``early_stop.py``)."""
         b = self.task.budget
         st = self.staged()
         for sub in ("src", "eval-src", "out", "eval", "phases"):
@@ -235,7 +238,8 @@ class TaskRun:
                         preload=list(b.preload), recipe_options={})
         process_env = None if self.sandbox.sandboxed else self._task_env()
 
-        def phase(name: str, seed: int | None, data: Path | None, limit: float, cache: str) -> PhaseResult:
+        def phase(name: str, seed: int | None, data: Path | None, limit: float, cache: str,
+                  monitor: Callable[[float, float], str | None] | None = None) -> PhaseResult:
             binds = {"recipe": Bind(src, "ro"), "cache": Bind(self.cache_dir, cache)}
             if data is not None:
                 binds["data"] = Bind(data, "ro")
@@ -245,7 +249,8 @@ class TaskRun:
             tag = name if seed is None else f"{name}-seed-{seed}"
             return run_phase(Phase(name, dict(base_ctx, seed=seed), work_dir=trial_dir / "phases" / tag,
                                    limit_s=limit, startup_s=b.startup_seconds, timed=name != "prepare", binds=binds,
-                                   threads=b.threads, env=process_env), self.sandbox)
+                                   threads=b.threads, env=process_env, monitor=monitor,
+                                   progress=name == "train"), self.sandbox)
 
         res = Outcome(label=None, train_s=0.0, startup_s=0.0)
 
@@ -270,12 +275,27 @@ class TaskRun:
                 return f
         walls: list[float] = []
         cpus: list[float | None] = []
+        curves: dict[str, list[list[float]]] = {}
+        es = self.cfg.search.early_stop
         for seed in b.seeds:
             left = b.train_seconds - sum(walls)
-            r = phase("train", seed, st.train, max(left, 0.0), "overlay")
+            ref = early_stop.reference(stop_against, seed) if stop_against is not None else None
+            monitor = early_stop.rule(ref, margin=float(es.margin), min_fraction=float(es.min_fraction),
+                                      patience=int(es.patience), best_trial=stop_against.get("trial")
+                                      ) if ref and stop_against is not None else None
+            r = phase("train", seed, st.train, max(left, 0.0), "overlay", monitor=monitor)
             walls.append(r.seconds)
             cpus.append(r.cpu_s)
+            if r.curve:
+                curves[str(seed)] = early_stop.thin(r.curve)
             res.train_s, res.startup_s = sum(walls), (res.startup_s or 0.0) + (r.wall_s - r.seconds)
+            if r.stopped:
+                return Outcome("discard", r.stopped, train_s=res.train_s, prepare_s=res.prepare_s,
+                               startup_s=res.startup_s,
+                               metrics={"curve_per_seed": curves, "early_stop": {
+                                   "seed": seed, "step": r.curve[-1][0], "loss": r.curve[-1][1],
+                                   "best_trial": stop_against.get("trial") if stop_against else None,
+                                   "reason": r.stopped}})
             if (f := failed(r, f"train (seed {seed})", b.train_seconds, sum(walls))) is not None:
                 return f
         p_budget = b.predict_seconds if b.predict_seconds is not None else b.eval_seconds
@@ -324,6 +344,8 @@ class TaskRun:
                            f"evaluate: {r.deepest_error()} (log: {r.log_path})" + _traceback_tail(r), **common)
         metrics = dict(r.result or {})
         n = len(b.seeds)
+        if curves:
+            metrics["curve_per_seed"] = curves
         metrics.update(train_seconds=res.train_s / n, train_seconds_total=res.train_s, eval_seconds=eval_s,
                        prepare_seconds=res.prepare_s or 0.0, startup_seconds=res.startup_s,
                        train_seconds_per_seed=walls)
@@ -361,27 +383,89 @@ class TaskRun:
         return lambda dest: self.repo.export(commit, dest)
 
     # -- the baseline ----------------------------------------------------------------------------------
+    # Where the baseline says what it does; the session points it at the terminal.
+    say: Callable[[str], None] = staticmethod(lambda line: None)
+
     def ensure_baseline(self) -> Record:
-        """Trial 0: the baseline recipe, committed and measured once per task (the first worker does it)."""
+        """Trial 0: the baseline recipe, committed and measured once per task (the first worker does it).
+
+        A failed baseline is measured again once what it depends on changed (recipe, evaluator, task module,
+        gates, budget): the new trial-0 record is appended after the failed one, which stays in the lineage."""
+        unchanged = ""
         with self._lock("baseline.lock", "measuring the baseline"):
             rec = self.lineage.get(0)
             if rec is None:
                 rec = self._run_baseline()
+            elif rec.get("label") != "baseline":
+                changed = self._baseline_changes(rec)
+                if changed:
+                    self.say(f"autoresearch: task {self.task.name}: re-measuring the baseline: trial 0 was "
+                             f"{rec.get('label')} (measured {rec.get('started')}), and since then "
+                             f"{' and '.join(changed)} changed. The failed record stays in the lineage.")
+                    rec = self._run_baseline(remeasure={"after_label": rec.get("label"), "changed": changed,
+                                                        "previous_started": rec.get("started"),
+                                                        "previous_commit": rec.get("commit")})
+                else:
+                    unchanged = (f" Nothing of it changed since trial 0 was measured ({rec.get('started')}), so "
+                                 f"the recorded failure stands.")
         if rec.get("label") != "baseline":
             raise BaselineError(
-                f"task {self.task.name}: the baseline (trial 0 in {self.lineage.path}) is labelled "
-                f"{rec.get('label')}: {rec.get('notes')}. The starting recipe must pass its own legality checks "
-                f"within the budget; fix the recipe, the gate or the budget, then remove {self.dir} to re-measure.")
+                f"task {self.task.name}: the baseline recipe is not a legal starting point: trial 0 is labelled "
+                f"{rec.get('label')}: {rec.get('notes')}\nThe starting recipe must pass its own legality checks "
+                f"within the budget. Fix the recipe ({display_path(self.task.baseline_recipe)}), the evaluator, "
+                f"the gates or the budget and run again: the baseline is re-measured once one of them changed."
+                f"{unchanged} Lineage: {display_path(self.lineage.path)}")
         return rec
 
-    def _run_baseline(self) -> Record:
+    def _baseline_inputs(self) -> dict[str, Any]:
+        """Fingerprints of what a baseline measurement depends on (recorded with trial 0)."""
+        ev = self.task.evaluator
+        module = self.task.module_path.resolve()
+        h = hashlib.sha256(json.dumps({"options": dict(ev.options), "function": ev.function}, sort_keys=True,
+                                      default=str).encode())
+        for f in sorted(p for p in ev.script.parent.glob("*.py") if p.resolve() != module):
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+        return {"recipe": _recipe_hash(self.task.baseline_recipe), "evaluator": h.hexdigest()[:16],
+                "task module": hashlib.sha256(module.read_bytes()).hexdigest()[:16],
+                "gates": [str(getattr(c, "name", c)) for c in self.task.legality],
+                "budget": json.loads(json.dumps(dataclasses.asdict(self.task.budget), default=str))}
+
+    def _baseline_changes(self, rec: Record) -> list[str]:
+        """What changed since a failed trial 0 was measured (older records only know the recipe's hash)."""
+        if rec.get("label") == "harness_error":
+            return ["the harness (its last measurement ended in a harness_error)"]
+        then = rec.get("baseline_inputs") or {"recipe": rec.get("content_hash")}
+        now = self._baseline_inputs()
+        what = {"recipe": f"the recipe ({display_path(self.task.baseline_recipe)})",
+                "evaluator": f"the evaluator ({display_path(self.task.evaluator.script)}, its folder's helpers or "
+                             f"its options)",
+                "task module": f"the task module ({display_path(self.task.module_path)})",
+                "gates": "the gates", "budget": "the budget"}
+        return [what[k] for k in now if then.get(k) is not None and then[k] != now[k]]
+
+    def _baseline_syntax_error(self) -> str | None:
+        """A syntax error in the task's recipe folder, named by its own path (a run only sees a copy)."""
+        for f in sorted(self.task.baseline_recipe.rglob("*.py")):
+            if "__pycache__" not in f.parts:
+                _, err = recipe_functions(f)
+                if err:
+                    return f"{display_path(f.parent)}/{err}"
+        return None
+
+    def _run_baseline(self, remeasure: dict[str, Any] | None = None) -> Record:
         started = _now()
-        commit = self.repo.commit_baseline(self.task.baseline_recipe,
-                                           f"trial 0 [baseline] {self.task.name} ({self.task.variant})")
+        message = f"trial 0 [baseline] {self.task.name} ({self.task.variant})"
+        if remeasure:
+            commit = self.repo.replace_baseline(self.task.baseline_recipe, f"{message}, re-measured")
+        else:
+            commit = self.repo.commit_baseline(self.task.baseline_recipe, message)
         rec = self._record(0, started=started, specialist="baseline", parent=None,
                            proposal=Proposal("The baseline recipe, measured as the starting point.", None, []),
                            commit=commit, diff="")
         rec["content_hash"] = content_hash(self.repo.files_at(commit))
+        rec["baseline_inputs"] = self._baseline_inputs()
+        if remeasure:
+            rec["remeasured"] = remeasure
         self._own(0)
         try:
             outcome = self._measure_baseline(commit)
@@ -394,6 +478,9 @@ class TaskRun:
 
     def _measure_baseline(self, commit: str) -> Outcome:
         """Run the baseline ``objective.baseline_repeats`` times; its score is the mean, the spread is noise."""
+        syntax = self._baseline_syntax_error()
+        if syntax:
+            return Outcome("crash", syntax)
         runs: list[Outcome] = []
         for i in range(self.task.objective.baseline_repeats):
             outcome = self.execute(self._export(commit), self._trial_dir(0) / f"run-{i}" if i else self._trial_dir(0))
@@ -423,13 +510,25 @@ class TaskRun:
         started = _now()
         records = self.lineage.records()
         lc = self.cfg.lineage
-        view = make_view(self.task.name, self.task.objective.metric, self.task.objective.direction, records,
+        full = make_view(self.task.name, self.task.objective.metric, self.task.objective.direction, records,
                          top=lc.top_k, n_recent=lc.recent, n_failures=lc.failures, objective=self.task.objective)
-        parent = view.best
-        assert parent is not None  # ensure_baseline guarantees one
-        spec = self._schedule(trial)
+        assert full.best is not None  # ensure_baseline guarantees one
+        sc = self.cfg.search
+        specs = self.specialists
+        turn = choose_specialist(str(self.cfg.schedule), [x.name for x in specs], records, trial,
+                                 int(self.cfg.seed), explore=float(sc.bandit_explore),
+                                 min_turns=int(sc.bandit_min_turns))
+        spec = specs[turn.index]
+        parent, parent_why = choose_parent(str(sc.parent), records, self.task.objective.direction, full.best,
+                                           spec.name, trial, int(self.cfg.seed), k=int(sc.parent_k))
+        # The lineage-view ablation: the agent sees the parent it builds on and nothing of the history.
+        view = full if sc.lineage_view else make_view(
+            self.task.name, self.task.objective.metric, self.task.objective.direction, [parent], top=0,
+            n_recent=0, n_failures=0, objective=self.task.objective)
         rec = self._record(trial, started=started, specialist=spec.name, parent=parent["trial"],
                            proposal=Proposal("", None, []), commit=None, diff="", slot=slot)
+        rec["turn"] = turn.to_json()
+        rec["parent_rule"] = {"rule": str(sc.parent), "why": parent_why}
         try:
             return self._run_trial(trial, rec, spec, parent, view)
         except (BaselineError, AgentStop, AgentFatal, KeyboardInterrupt, RepoError, LineageLocked):
@@ -456,6 +555,8 @@ class TaskRun:
             proposal = self.agent.propose(request)
         except NoProposal as e:
             rec.update(usage=e.usage, agent={"name": self.agent_name, "model": e.model})
+            if e.agent_side:
+                rec["agent_error"] = True
             self._commit_unchanged(rec, parent, f"no proposal: {e}")
             return self._finish(rec, Outcome("preflight_crash", f"no valid submission: {e}"), label="preflight_crash")
         self._apply_proposal_meta(rec, proposal)
@@ -496,7 +597,12 @@ class TaskRun:
         rec["diff"] = self.repo.diff(parent_commit, rec["commit"])
         if label is not None:
             return self._finish(rec, Outcome(label, notes), label=label)
-        outcome = self.execute(self._export(rec["commit"]), self._trial_dir(trial))
+        stop_against = None
+        if self.cfg.search.early_stop.enabled:
+            stop_against = best(self.lineage.records(quiet=True), self.task.objective.direction)
+        outcome = self.execute(self._export(rec["commit"]), self._trial_dir(trial), stop_against=stop_against)
+        if outcome.metrics.get("early_stop"):
+            rec["early_stop"] = outcome.metrics.pop("early_stop")
         label = outcome.label
         if label is None and self.task.objective.confirm_keeps:
             label = self._confirm(trial, rec["commit"], outcome)
@@ -512,8 +618,11 @@ class TaskRun:
         if b is None or outcome.score is None:
             return None
         first = self._per_seed(outcome)
-        if not decide(first, per_seed(b), obj, measured_noise(records, obj), b["trial"]).keep:
-            return None
+        ref = self._fresh_best(trial, b, records, outcome)
+        screen = decide(first, ref, obj, measured_noise(records, obj), b["trial"])
+        if not screen.keep:
+            outcome.verdict = screen
+            return "discard"
         try:
             again_best = self.execute(self._export(self.commit_of(b)), self._trial_dir(trial) / "confirm-best")
             again = self.execute(self._export(commit), self._trial_dir(trial) / "confirm")
@@ -526,6 +635,7 @@ class TaskRun:
         second, best_again = self._per_seed(again), self._per_seed(again_best)
         seeds = sorted(first)
         confirm = {"runs": [outcome.score, again.score], "best_trial": b["trial"], "best_rerun": again_best.score,
+                   "seeds": seeds,
                    "runs_per_seed": [[first[s] for s in seeds], [second.get(s) for s in seeds]],
                    "best_runs_per_seed": [[_single_run(b).get(s) for s in seeds], [best_again.get(s) for s in seeds]]}
         outcome.score = (outcome.score + again.score) / 2
@@ -539,6 +649,38 @@ class TaskRun:
             outcome.notes = f"not confirmed side by side: {outcome.verdict.describe()}"
             return "discard"
         return None
+
+    def _fresh_best(self, trial: int, b: Record, records: list[Record], outcome: Outcome) -> dict[int, float]:
+        """The best's per-seed scores to screen a candidate against: with ``Objective.refresh_best_every`` = N,
+        its latest measurement (its own record, or a later side-by-side re-run of it) when that is at most N
+        trials old, else a re-run of the best made now (recorded in this trial's ``metrics.best_rerun``). On a
+        machine whose speed drifts, or that got busier since the best ran, a stale score would turn away
+        real wins before they reach the side-by-side confirmation."""
+        every = int(getattr(self.task.objective, "refresh_best_every", 0) or 0)
+        if not every:
+            return per_seed(b)
+        at, scores = b["trial"], per_seed(b)
+        for r in records:
+            m = r.get("metrics") or {}
+            if r.get("trial", -1) <= at:
+                continue
+            c, rr = m.get("confirm") or {}, m.get("best_rerun") or {}
+            if c.get("best_trial") == b["trial"] and isinstance(c.get("best_runs_per_seed"), list):
+                at, scores = r["trial"], dict(zip(c.get("seeds") or sorted(scores), c["best_runs_per_seed"][-1]))
+            elif rr.get("best_trial") == b["trial"] and isinstance(rr.get("per_seed"), dict):
+                at, scores = r["trial"], {int(k): v for k, v in rr["per_seed"].items()}
+        if trial - at <= every:
+            return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+        try:
+            again = self.execute(self._export(self.commit_of(b)), self._trial_dir(trial) / "best-rerun")
+        finally:
+            self._cleanup_dir(self._trial_dir(trial) / "best-rerun")
+        if again.label is not None or again.score is None:
+            return per_seed(b)
+        fresh = self._per_seed(again)
+        outcome.metrics["best_rerun"] = {"best_trial": b["trial"], "score": again.score,
+                                         "per_seed": {str(k): v for k, v in fresh.items()}}
+        return fresh
 
     def _per_seed(self, outcome: Outcome) -> dict[int, float]:
         return per_seed({"metrics": outcome.metrics, "seeds": list(self.task.budget.seeds), "score": outcome.score})
@@ -557,11 +699,12 @@ class TaskRun:
             if code > cap:
                 raise _SizeBlocked(f"recipe code alone is {code:,} bytes > artifact cap {cap:,}")
 
-    def _schedule(self, trial: int) -> Any:
-        specs = self.task.specialists
-        if self.cfg.schedule == "random":
-            return random.Random(f"{self.cfg.seed}:{trial}").choice(specs)
-        return specs[(trial - 1) % len(specs)]
+    @property
+    def specialists(self) -> tuple[Any, ...]:
+        """The task's specialists, or (``search.specialists=merged``) one agent owning all their surfaces."""
+        if self.cfg.search.specialists == "merged":
+            return (merge_specialists(self.task.specialists),)
+        return self.task.specialists
 
     # -- records ---------------------------------------------------------------------------------------
     def _record(self, trial: int, *, started: str, specialist: str, parent: int | None, proposal: Proposal,
@@ -597,7 +740,11 @@ class TaskRun:
             records = self.lineage.records(quiet=True)
             b = best(records, obj.direction)
             verdict = outcome.verdict
-            if label is None:
+            if label is None and verdict is not None and b is not None and verdict.best_trial == b["trial"]:
+                # Confirmed side by side against the best that is still the best: that comparison stands
+                # (the best's recorded score is from another moment of the machine).
+                label = "keep" if verdict.keep else "discard"
+            elif label is None:
                 label = "discard"
                 if b is not None and outcome.score is not None:
                     # Against the best *now*: another worker may have kept a trial while this one ran.
@@ -640,14 +787,42 @@ class TaskRun:
     def plain_run(self, workdir: Path) -> Record:
         rec = self._record(0, started=_now(), specialist="baseline", parent=None,
                            proposal=Proposal("plain run of the recipe", None, []), commit=None, diff="")
-        outcome = self.execute(lambda dest: _write_recipe(self.task.baseline_recipe, dest), workdir / "run")
+        syntax = self._baseline_syntax_error()
+        outcome = Outcome("crash", syntax) if syntax else self.execute(
+            lambda dest: _write_recipe(self.task.baseline_recipe, dest), workdir / "run")
         rec.update(label=outcome.label or "baseline", score=outcome.score, metrics=outcome.metrics,
                    notes=outcome.notes, train_s=outcome.train_s, eval_s=outcome.eval_s, ended=_now())
+        if outcome.metrics and outcome.label in (None, "gate_miss", "size_blocked"):
+            rec["gates"] = self._gate_report(outcome.metrics)
         return rec
+
+    def _gate_report(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each legality check with the value it looked at and whether it passed (the plain run prints them)."""
+        out = []
+        for c in self.task.legality:
+            name = str(getattr(c, "name", c))
+            if name == "artifact_bytes<=budget.artifact_bytes":  # say the cap itself
+                cap = self.task.budget.artifact_bytes
+                name = f"artifact_bytes<={cap}" if cap is not None else "artifact_bytes (no cap)"
+            value = metrics.get(getattr(c, "metric", "")) if isinstance(getattr(c, "metric", None), str) else None
+            out.append({"check": name, "value": value if isinstance(value, (int, float, bool)) else None,
+                        "ok": c(metrics, self.task.budget) is None})
+        return out
 
 
 class _SizeBlocked(Exception):
     pass
+
+
+def _recipe_hash(recipe_dir: Path) -> str:
+    """``content_hash`` of a recipe folder's text files, as ``content_hash(repo.files_at(commit))`` computes it."""
+    files = {}
+    for rel, data in read_recipe(recipe_dir).items():
+        try:
+            files[rel] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return content_hash(files)
 
 
 def _write_recipe(recipe_dir: Path, dest: Path) -> None:

@@ -117,6 +117,22 @@ class TaskRepo:
             self._tag(0, sha)
             return sha
 
+    def replace_baseline(self, recipe_dir: Path, message: str) -> str:
+        """A failed baseline measured again: commit the recipe folder as trial 0 anew. A changed recipe gets a new
+        root commit; the failed one keeps a tag of its own (``trial-0-failed-N``), so it stays reachable."""
+        with self.lock:
+            old = self.tag_commit(0)
+            sha = self._commit_tree(None, read_recipe(recipe_dir), message)
+            if old is not None:
+                if self._g("rev-parse", f"{old}^{{tree}}") == self._g("rev-parse", f"{sha}^{{tree}}"):
+                    return old  # the same code: the evaluator, gates or budget changed
+                n = len([t for t in self._g("tag", "--list", "trial-0-failed-*").splitlines() if t.strip()]) + 1
+                self._g("tag", f"trial-0-failed-{n}", old)
+                self._g("tag", "-d", "trial-0")
+            self._g("update-ref", "refs/heads/main", sha)
+            self._tag(0, sha)
+            return sha
+
     def commit_trial(self, trial: int, parent: str, files: Mapping[str, str | bytes] | None, message: str) -> str:
         """Commit ``files`` (the whole recipe; None: the parent's tree unchanged) on ``parent`` as ``trial``."""
         data = None if files is None else {k: v.encode("utf-8") if isinstance(v, str) else v for k, v in files.items()}

@@ -20,6 +20,9 @@ class ToyRun:
         e = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "PYTEST_ADDOPTS")}
         e.update({"TOY_SCRIPT": str(self.root / "script.json"), "PYTHONDONTWRITEBYTECODE": "1"})
         e.update(env or {})
+        if "scripted" in args and not any(str(a).startswith("schedule=") for a in args):
+            # A script is written per trial for the specialist whose turn it is: turns go round-robin.
+            args = (*args, "--autoresearch-override", "schedule=round_robin")
         proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rfExXs", *args],
                               cwd=self.root, env=e, capture_output=True, text=True, timeout=timeout)
         proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]

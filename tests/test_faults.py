@@ -147,6 +147,7 @@ def test_a_repository_that_cannot_be_rebuilt_stops_the_run_once(toy: ToyRun):
     r = toy.run("tasks/toy", "--autoresearch-trials", "3", "--autoresearch-agent", "scripted")
     assert "cannot rebuild trial 1" in r.output and "--autoresearch-lineage" in r.output, r.output[-2000:]
     assert r.output.count("ERROR tasks/toy") == 1 and "INTERNALERROR" not in r.output, "one error, then the run stops"
+    assert r.returncode == pytest.ExitCode.INTERRUPTED, "the tool could not run, not a failed trial"
     assert [x["trial"] for x in toy.records()] == [0, 1], "nothing is recorded for trials that never ran"
 
 

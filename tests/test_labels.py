@@ -128,6 +128,6 @@ def test_broken_baseline_stops_the_run_with_a_clear_error(toy):
     assert [r["label"] for r in toy.records()] == ["crash"]
     assert "labelled crash" in proc.output and "recipe broken" in proc.output
     assert "must pass its own legality checks" in proc.output
-    assert proc.returncode != 0
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, "the task cannot run as written: not a failed trial"
 
 

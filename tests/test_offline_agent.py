@@ -108,3 +108,33 @@ def test_catalog_techniques_are_proposed(task):
     spec = Specialist("opt", Surface(regions=("train.py::opt",)), "x", catalog=(tech,))
     picks = [OfflineAgent(seed=s).propose(request(task, [BASE], spec=spec)) for s in range(30)]
     assert any(p.kind == "catalog:lookahead:catalog" and "Average weights." in p.hypothesis for p in picks)
+
+
+def test_steps_grow_when_the_trials_so_far_moved_the_score_less_than_half_the_bar(task):
+    def big_share(records: list[dict]) -> float:
+        steps = [OfflineAgent(seed=1).propose(request(task, records, trial=t)).step for t in range(5, 65)]
+        return sum(s is not None and s >= 2.0 for s in steps) / len(steps)
+
+    # Three legal trials on another knob (so no candidate is ruled out), each well inside a 10% bar.
+    small = [record(i, "discard", "train.py:opt:pad:up", delta=0.001, step=2.0, score=1.0 + i / 1000,
+                    acceptance={"gain": g, "threshold": 0.1}, content_hash=f"h{i}")
+             for i, g in ((1, 0.01), (2, -0.02), (3, 0.015))]
+    near_bar = [dict(r, acceptance={"gain": 0.08, "threshold": 0.1}) for r in small]
+    grown, kept = big_share([BASE, *small]), big_share([BASE, *near_bar])
+    assert grown > kept + 0.15, (grown, kept)
+    big = next(p for t in range(5, 65) if (p := OfflineAgent(seed=1).propose(request(task, [BASE, *small], trial=t)))
+               .step and p.step >= 2.0 and p.kind.split(":")[2] != "pad")
+    assert "under half the keep bar 0.1" in big.hypothesis, big.hypothesis
+
+
+def test_steps_grow_when_the_search_stalls(task):
+    def big_share(records: list[dict]) -> float:
+        steps = [OfflineAgent(seed=1).propose(request(task, records, trial=t)).step for t in range(8, 68)]
+        return sum(s is not None and s >= 2.0 for s in steps) / len(steps)
+
+    # Five discards on another knob that each moved the score a lot (noise, say): no keep among them.
+    stalled = [record(i, "discard", "train.py:opt:pad:up", delta=0.001, step=2.0, score=1.0 + i / 1000,
+                      acceptance={"gain": (-1) ** i * 0.09, "threshold": 0.1}, content_hash=f"h{i}")
+               for i in range(1, 6)]
+    kept = [dict(r, label="keep") if r["trial"] == 5 else r for r in stalled]
+    assert big_share([BASE, *stalled]) > big_share([BASE, *kept]) + 0.15

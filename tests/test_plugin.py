@@ -97,7 +97,7 @@ def test_agent_stop_skips_the_remaining_trials(toy):
 def test_agent_fatal_stops_the_run_with_a_nonzero_status(toy):
     write_toy_task(toy.root, script=[{"fatal": "authentication failed (HTTP 401)"}])
     proc = toy.run("tasks/toy", "--autoresearch-trials", "3", "--autoresearch-agent", "scripted")
-    assert proc.returncode != 0
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, "the tool could not run, not a failed trial"
     assert "agent scripted cannot work: authentication failed" in proc.stdout
     assert len(toy.records()) == 1, "no trial is burned after the agent cannot work"
 

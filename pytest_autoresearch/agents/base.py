@@ -52,10 +52,14 @@ class Proposal:
 class NoProposal(Exception):
     """The agent ended without a valid submission; recorded as ``preflight_crash`` with this reason."""
 
-    def __init__(self, reason: str, usage: Mapping[str, Any] | None = None, model: str | None = None) -> None:
+    def __init__(self, reason: str, usage: Mapping[str, Any] | None = None, model: str | None = None,
+                 agent_side: bool = False) -> None:
         super().__init__(reason)
         self.usage = dict(usage or {})
         self.model = model
+        # The agent's service failed (an API outage), not the idea: recorded as ``agent_error`` and kept out of
+        # what measures a specialist's yield.
+        self.agent_side = agent_side
 
 
 class AgentStop(Exception):

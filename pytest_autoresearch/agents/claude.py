@@ -460,7 +460,7 @@ class ClaudeAgent:
                 raise AgentFatal(redact(f"the Anthropic API rejected {self._api_errors} proposals in a row; "
                                         f"last error: {reason}. Check agent.model, agent.request_extra and "
                                         f"agent.base_url"))
-        return NoProposal(redact(reason), session.totals.as_usage(), session.model)
+        return NoProposal(redact(reason), session.totals.as_usage(), session.model, agent_side=True)
 
     def _api_ok(self) -> None:
         self._api_errors = 0

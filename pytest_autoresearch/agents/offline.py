@@ -25,6 +25,7 @@ OPTION_RE = re.compile(r"^(?P<head>\s*(?P<name>[A-Za-z_]\w*)\s*=\s*)(?P<q>[\"'])
 KWARG_RE = re.compile(rf"(?<![\w.])(?P<name>[A-Za-z_]\w*)=(?P<value>{_NUM})(?![\w.])")
 RANGE_RE = re.compile(rf"range:\s*(?P<lo>{_NUM})\s*\.\.\s*(?P<hi>{_NUM})")
 FAILED = ("budget_overrun", "gate_miss", "crash", "size_blocked")
+STALL = 5  # judged trials without a keep before steps grow
 
 
 @dataclass
@@ -219,7 +220,8 @@ class OfflineAgent:
             if r.get("label") == "keep" or (r.get("label") == "discard" and gain is not None and gain > 0):
                 c = Candidate(f"reapply:{r['trial']}", "reapply", 1.0, [Edit.from_json(e) for e in r["edits"]],
                               f"re-apply trial {r['trial']}'s edit ({r.get('hypothesis', '')[:80]}) on top of "
-                              f"the current best, trial {view.best['trial']}", weight=3.0 if r["label"] == "keep" else 1.5)
+                              f"{'the current best, ' if request.parent == view.best['trial'] else 'its parent, '}"
+                              f"trial {request.parent}", weight=3.0 if r["label"] == "keep" else 1.5)
                 c.evidence.append(f"trial {r['trial']} ({r['label']}, Δ {_pct(r)}) was measured on parent "
                                   f"{r.get('parent')}, which the best (trial {view.best['trial']}) does not descend from")
                 c.expected = r.get("delta_vs_best")
@@ -270,6 +272,7 @@ class OfflineAgent:
             c.evidence.append(f"no trial among the {len(records)} recorded has changed {c.knob.split(':')[-1]} yet")
         elif c.direction == "catalog" and not same_knob:
             c.evidence.append(f"a known technique not yet tried in the {len(records)} recorded trials")
+        self._size_for_bar(c, records)
         c.weight = max(c.weight, self.explore * 0.1)
         deltas = [d for d in deltas if isinstance(d, (int, float))]
         if deltas:
@@ -278,6 +281,33 @@ class OfflineAgent:
             sign = -1.0 if direction == "minimize" else 1.0
             c.expected = sign * 0.005 * abs(request.view.best["score"])
 
+    def _size_for_bar(self, c: Candidate, records: list[Record]) -> None:
+        """Size steps to the keep bar. Larger steps are preferred (and the smallest passed over) when the legal
+        trials so far moved the score by a median of under half the bar (a step of the same size is a wasted
+        trial), or when none of the last ``STALL`` judged trials was kept (the 1/5th success rule of evolution
+        strategies: too few successes, step up). Failures still back a knob's step off in ``_weigh``."""
+        if c.direction not in ("up", "down"):
+            return
+        judged = [(r.get("acceptance"), r.get("label")) for r in records]
+        judged = [a for a, label in judged if label in ("keep", "discard") and isinstance(a, dict)
+                  and isinstance(a.get("gain"), (int, float)) and isinstance(a.get("threshold"), (int, float))
+                  and a["threshold"] > 0]
+        if len(judged) < 3:
+            return
+        moved = sorted(abs(a["gain"]) for a in judged)
+        median, bar = moved[len(moved) // 2], judged[-1]["threshold"]
+        recent = [r.get("label") for r in records if r.get("label") in ("keep", "discard")][-STALL:]
+        stalled = len(recent) == STALL and "keep" not in recent
+        if median >= bar / 2 and not stalled:
+            return
+        if c.factor >= 2.0:
+            c.weight *= 3.0
+            c.evidence.append(f"legal steps so far moved the score by a median {median:.3g}, under half the keep "
+                              f"bar {bar:.3g}: a x{c.factor:g} step" if median < bar / 2 else
+                              f"none of the last {STALL} judged trials was kept: a x{c.factor:g} step")
+        elif c.factor <= 1.34:
+            c.weight *= 0.4
+
     def _hypothesis(self, c: Candidate, records: list[Record]) -> str:
         text = c.describe[0].upper() + c.describe[1:]
         evidence = "; ".join(c.evidence[:3]) if c.evidence else f"lineage holds {len(records)} trials"
@@ -285,6 +315,10 @@ class OfflineAgent:
 
 
 def _gain(r: Record, direction: str) -> float | None:
+    """Positive when the trial was better than the best it was compared with (only the sign is used)."""
+    acc = r.get("acceptance") or {}
+    if isinstance(acc.get("gain"), (int, float)):
+        return float(acc["gain"])  # the keep rule's paired gain, against a fresh measurement where there is one
     d = r.get("delta_vs_best")
     if not isinstance(d, (int, float)):
         return None

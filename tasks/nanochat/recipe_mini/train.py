@@ -166,6 +166,7 @@ def train(ctx: Any) -> None:
             value = loss.item()
             loss_ema = value if loss_ema is None else 0.8 * loss_ema + 0.2 * value
             print(f"step {step} loss {value:.4f} lrm {lrm:.3f} t {time.perf_counter() - t0:.1f}s", flush=True)
+            ctx.report(step, value)  # the training curve, for early stopping
 
     if device == "cuda":
         torch.cuda.synchronize()

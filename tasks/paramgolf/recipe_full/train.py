@@ -273,6 +273,7 @@ def train(ctx: Any) -> None:
         since_log += 1
         if step % 200 == 0 or step <= 5:
             print(f"step {step} loss {float(loss_sum) / since_log:.4f} t {time.perf_counter() - t0:.1f}s", flush=True)
+            ctx.report(step, float(loss_sum) / since_log)  # the training curve, for early stopping
             loss_sum.zero_()
             since_log = 0
     if device == "cuda":

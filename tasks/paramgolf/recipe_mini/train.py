@@ -232,6 +232,7 @@ def train(ctx: Any) -> None:
         step += 1
         if step % 50 == 0:
             print(f"step {step} loss {loss_sum / 50:.4f} t {time.perf_counter() - t0:.1f}s", flush=True)
+            ctx.report(step, loss_sum / 50)  # the training curve, for early stopping
             loss_sum = 0.0
     train_s = time.perf_counter() - t_train
     if ema is not None:

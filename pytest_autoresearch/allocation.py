@@ -1,0 +1,140 @@
+"""Who proposes the next trial and from which parent, with the numbers behind each choice.
+
+Specialists (``schedule``):
+
+- ``round_robin``  trial N goes to specialist (N - 1) mod k;
+- ``random``       a seeded draw;
+- ``bandit``       UCB1 over each specialist's measured *yield*: every finished trial of a specialist scores
+                   ``reward / relative_cost``, where the reward is how far its paired gain got toward the keep
+                   bar (0 for a failure or a loss, 0.5 at the bar, up to 1 at twice the bar) and the relative
+                   cost is its wall seconds over the median trial's (clipped to 0.25..4). A specialist that
+                   has not had ``search.bandit_min_turns`` turns plays first. Illegal trials score 0, so the
+                   legality rate is part of the yield.
+
+Parents (``search.parent``):
+
+- ``best``         always the current best (greedy hill-climbing);
+- ``tournament``   a seeded draw among the top ``search.parent_k`` legal trials, weighted by rank, so the search
+                   can leave a plateau: a near-miss branch gets built on;
+- ``own_line``     the best trial of the proposing specialist's own line when it has a legal one, else the best.
+
+Every choice is recorded (``turn`` and ``parent_rule`` in the record) with the numbers used.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .lineage import LEGAL, Record, ranked
+
+SCHEDULES = ("round_robin", "random", "bandit")
+PARENT_RULES = ("best", "tournament", "own_line")
+
+
+@dataclass
+class Turn:
+    """Which specialist proposes, why, and (for the bandit) each arm's numbers."""
+
+    index: int
+    rule: str
+    why: str
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "why": self.why, **({"arms": self.arms} if self.arms else {})}
+
+
+def reward(rec: Record) -> float:
+    """How far a finished trial got toward the keep bar, in [0, 1]: 0 for any failure or a loss."""
+    if rec.get("label") not in ("keep", "discard"):
+        return 0.0
+    acc = rec.get("acceptance") or {}
+    gain, bar = acc.get("gain"), acc.get("threshold")
+    if not isinstance(gain, (int, float)) or gain <= 0:
+        return 1.0 if rec.get("label") == "keep" else 0.0
+    if not isinstance(bar, (int, float)) or bar <= 0:
+        return 1.0 if rec.get("label") == "keep" else 0.5  # no bar (deterministic score): any gain is signal
+    return min(gain / bar, 2.0) / 2.0
+
+
+def cost(rec: Record) -> float:
+    return sum(float(rec.get(k) or 0.0) for k in ("train_s", "eval_s", "prepare_s"))
+
+
+def _agent_side(rec: Record) -> bool:
+    """Trials that say nothing about the specialist's ideas: the API failed, or the harness did."""
+    return rec.get("label") == "harness_error" or bool(rec.get("agent_error"))
+
+
+def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record], trial: int, seed: int,
+                      explore: float = 1.0, min_turns: int = 1) -> Turn:
+    """The specialist for ``trial`` under ``rule`` (see the module docstring)."""
+    k = len(names)
+    if rule == "random":
+        i = random.Random(f"{seed}:{trial}").randrange(k)
+        return Turn(i, rule, f"seeded draw ({seed}:{trial})")
+    if rule != "bandit" or k == 1:
+        i = (trial - 1) % k
+        return Turn(i, "round_robin", f"trial {trial} -> specialist {i + 1} of {k}")
+    done = [r for r in records if r.get("trial", 0) > 0 and r.get("specialist") in names and not _agent_side(r)]
+    costs = [c for c in (cost(r) for r in done) if c > 0]
+    median_cost = statistics.median(costs) if costs else 1.0
+    arms: dict[str, dict[str, Any]] = {}
+    for name in names:
+        mine = [r for r in done if r.get("specialist") == name]
+        ys = [reward(r) / min(max(cost(r) / median_cost, 0.25), 4.0) if cost(r) > 0 else reward(r) for r in mine]
+        arms[name] = {"turns": len(mine), "keeps": sum(r.get("label") == "keep" for r in mine),
+                      "legal": round(sum(r.get("label") in LEGAL for r in mine) / len(mine), 3) if mine else None,
+                      "yield": round(sum(ys) / len(ys), 4) if ys else None}
+    fresh = [i for i, n in enumerate(names) if arms[n]["turns"] < min_turns]
+    if fresh:
+        # Every arm gets its first turns in order, so a new lineage starts like round-robin.
+        i = min(fresh, key=lambda j: (arms[names[j]]["turns"], j))
+        return Turn(i, rule, f"{names[i]} has had {arms[names[i]]['turns']} of its first {min_turns} turn(s)", arms)
+    total = sum(a["turns"] for a in arms.values())
+    for a in arms.values():
+        a["bonus"] = round(explore * math.sqrt(2.0 * math.log(total) / a["turns"]), 4)
+        a["index"] = round(a["yield"] + a["bonus"], 4)
+    rng = random.Random(f"{seed}:{trial}:bandit")
+    top = max(a["index"] for a in arms.values())
+    i = rng.choice([j for j, n in enumerate(names) if arms[n]["index"] == top])
+    a = arms[names[i]]
+    return Turn(i, rule, f"highest UCB index {a['index']:.3f} = yield {a['yield']:.3f} + exploration "
+                         f"{a['bonus']:.3f} ({a['turns']} turns, {a['keeps']} keep(s), "
+                         f"{100 * a['legal']:.0f}% legal)", arms)
+
+
+def choose_parent(rule: str, records: Sequence[Record], direction: str, best: Record, specialist: str,
+                  trial: int, seed: int, k: int = 3) -> tuple[Record, str]:
+    """The parent for ``specialist``'s ``trial`` under ``rule``, and why."""
+    if rule == "tournament":
+        top = ranked(list(records), direction, labels=LEGAL)[:max(k, 1)]
+        top = [r for r in top if r.get("commit")] or [best]
+        # Rank weights 1, 1/2, 1/3...: the best stays the likeliest parent.
+        weights = [1.0 / (i + 1) for i in range(len(top))]
+        pick = random.Random(f"{seed}:{trial}:parent").choices(top, weights=weights)[0]
+        pos = top.index(pick) + 1
+        return pick, (f"tournament: rank {pos} of the top {len(top)} legal trials "
+                      f"({', '.join(str(r['trial']) for r in top)})")
+    if rule == "own_line":
+        mine = [r for r in records if r.get("specialist") == specialist and r.get("commit")]
+        own = ranked(mine, direction, labels=LEGAL)
+        if own and own[0]["trial"] != best["trial"]:
+            return own[0], f"own line: {specialist}'s best legal trial"
+        return best, f"own line: {specialist} has no legal trial of its own apart from the best"
+    return best, "the current best"
+
+
+
+def merge_specialists(specs: Sequence[Any]) -> Any:
+    """One agent that owns every specialist's surface (the single-agent pattern, for comparison)."""
+    from .task import Specialist, Surface
+
+    files = tuple(dict.fromkeys(f for s in specs for f in s.surface.files))
+    regions = tuple(dict.fromkeys(r for s in specs for r in s.surface.regions))
+    brief = "You own the whole recipe's editable surface. " + " ".join(s.brief for s in specs)
+    catalog = tuple(t for s in specs for t in s.catalog)
+    return Specialist("generalist", Surface(files=files, regions=regions), brief, catalog=catalog)
