@@ -253,8 +253,11 @@ class Sandbox:
                 a += ["--ro-bind", str(p), str(p)]
                 bound.append(p)
         a += ["--ro-bind-try", "/sys", "/sys"]
+        under_tmp: list[Path] = []
         for p in _outermost([*python_paths(), *(Path(x) for x in self.extra_ro), *self._library_paths()]):
-            if not any(b == p or b in p.parents for b in bound):
+            if p == Path("/tmp") or Path("/tmp") in p.parents:
+                under_tmp.append(p)  # bound after the fresh /tmp, which would hide it (a venv in /tmp)
+            elif not any(b == p or b in p.parents for b in bound):
                 a += ["--ro-bind", str(p), str(p)]
                 bound.append(p)
         a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm"]
@@ -263,6 +266,9 @@ class Sandbox:
         if iso.has("size"):
             a += ["--size", str(int(self.limits.tmp_bytes))]
         a += ["--tmpfs", "/tmp", "--dir", TMP_HOME]
+        for p in under_tmp:
+            a += ["--ro-bind", str(p), str(p)]
+            bound.append(p)
         for name, b in binds.items():
             dest = f"/{name}"
             if b.mode == "rw":

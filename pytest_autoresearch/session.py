@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import time
 import uuid
@@ -50,6 +51,12 @@ class TrialResult:
         return f"TrialResult(task {self.record.get('task')}, trial {self.record.get('trial')}, {self.label})"
 
 
+def gpu_driver_present() -> bool:
+    """A GPU driver's device nodes (NVIDIA, or ROCm's /dev/kfd): without them torch sees no CUDA device, so a
+    CPU machine skips importing torch (over a second per session) just to be told so."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
+
+
 class AutoresearchSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -96,9 +103,11 @@ class AutoresearchSession:
         if self._device is None:
             want = self.cfg.device
             if want == "auto":
-                import torch  # only now: plain collection never pays for it
+                want = "cpu"
+                if gpu_driver_present():
+                    import torch  # only now, and only where a GPU driver is: plain collection never pays for it
 
-                want = "cuda" if torch.cuda.is_available() else "cpu"
+                    want = "cuda" if torch.cuda.is_available() else "cpu"
             self._device = want
         return self._device
 

@@ -23,7 +23,9 @@ class ToyRun:
         if "scripted" in args and not any(str(a).startswith("schedule=") for a in args):
             # A script is written per trial for the specialist whose turn it is: turns go round-robin.
             args = (*args, "--autoresearch-override", "schedule=round_robin")
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rfExXs", *args],
+        # Hypothesis' plugin is not needed by these sessions and costs most of a second each.
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                               "-rfExXs", *args],
                               cwd=self.root, env=e, capture_output=True, text=True, timeout=timeout)
         proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
         return proc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -174,3 +175,15 @@ def test_stream_masker_finds_secrets_split_across_chunks():
     data = f"a {secret} b {secret}".encode()
     out = b"".join(m.feed(data[i:i + 1]) for i in range(len(data))) + m.flush()
     assert out == b"a [secret] b [secret]"
+
+
+def test_a_python_environment_under_tmp_is_visible_in_the_sandbox(tmp_path: Path, sandbox: Sandbox):
+    # A venv in /tmp (tmp_path is there) would be hidden by the sandbox's fresh /tmp if bound before it.
+    import venv
+
+    env = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=True).create(env)
+    probe = ("from pytest_autoresearch.sandbox import detect\n"
+             "iso = detect('bwrap')\nprint('sandboxed' if iso.sandboxed else iso.reason)\n")
+    out = subprocess.run([str(env / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "sandboxed", out.stdout + out.stderr

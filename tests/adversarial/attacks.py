@@ -533,11 +533,15 @@ def cheat_train(ctx):
 def cheat_train(ctx):
     import stat
     wrote = []
+    own = getattr(ctx, "progress_fd", None)
     for fd in range(3, 64):
         try:
             if stat.S_ISFIFO(_os.fstat(fd).st_mode):
                 _os.write(fd, b"T 99999.0\\n")
-                wrote.append(fd)
+                # ctx.report()'s pipe is open by design, and a forged start line on it is ignored (the
+                # score assertions check that); any other pipe a phase can write is a finding.
+                if fd != own:
+                    wrote.append(fd)
         except OSError:
             pass
     _probe(ctx, wrote)
