@@ -605,6 +605,15 @@ def cheat_train(ctx):
         _sys.stdout.write(line)
     return None
 ''')),
+    Attack("flood_the_progress_channel", "res", "resources", _region('''
+def cheat_train(ctx):
+    # ctx.report() is a pipe to the harness: a curve of 200k points, then a line that never ends.
+    for i in range(200000):
+        ctx.report(i, 1.0 / (i + 1))
+    if ctx.progress_fd is not None:
+        _os.write(ctx.progress_fd, b"P 1 " + b"9" * (4 << 20))
+    return None
+''')),
     Attack("exhaust_file_descriptors", "res", "resources", _region('''
 def cheat_train(ctx):
     fds = []

@@ -81,3 +81,13 @@ def test_the_log_flood_was_capped(sessions: dict[str, Session]) -> None:
     trial = [a.name for a in s.attacks].index("flood_the_log") + 1
     logs = list((s.lineage / "trials" / f"{trial:05d}" / "phases").glob("train-seed-*/train.log"))
     assert logs and all(p.stat().st_size < (1 << 20) + (100 << 10) for p in logs), [p.stat().st_size for p in logs]
+
+
+def test_the_progress_flood_left_a_small_record(sessions: dict[str, Session]) -> None:
+    from pytest_autoresearch.early_stop import MAX_KEPT
+
+    s = sessions["res"]
+    rec = s.records[[a.name for a in s.attacks].index("flood_the_progress_channel") + 1]
+    curves = rec["metrics"]["curve_per_seed"]
+    assert curves and all(2 <= len(c) <= MAX_KEPT for c in curves.values()), {k: len(c) for k, c in curves.items()}
+    assert all(c[-1][0] < 200000 for c in curves.values()), "points past the harness' cap were kept"
