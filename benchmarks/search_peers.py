@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pytest_autoresearch.agents.base import AgentStop, NoProposal, Proposal, ProposalRequest
-from pytest_autoresearch.agents.offline import ASSIGN_RE, OPTION_RE, RANGE_RE
+from pytest_autoresearch.agents.offline import ASSIGN_RE, OPTION_RE, RANGE_RE, _fmt
 from pytest_autoresearch.edits import Edit, split_regions
 
 
@@ -116,11 +116,8 @@ def _render(body: str, k: Knob, value: Any) -> str:
     m = ASSIGN_RE.match(body)
     if k.kind == "bool":
         text = "True" if value else "False"
-    elif k.kind == "int":
-        text = str(int(round(value)))
-    else:
-        text = f"{float(value):.4g}"
-        text = text if any(c in text for c in ".eE") else text + ".0"
+    else:  # the offline agent's number format: ints as ints, floats to 4 significant digits
+        text = _fmt(float(value), "0" if k.kind == "int" else "0.0")
     return f"{m['head']}{text}{m['tail']}"
 
 
