@@ -115,8 +115,8 @@ def remeasure(task: str, lineage: Path, trial: int, work: Path, repeats: int) ->
     for name, tag in (("base", "trial-0"), ("best", f"trial-{trial}")):
         d = ROOT / "tasks" / f"_bench_{lineage.name}_{name}"
         shutil.rmtree(d, ignore_errors=True)
-        shutil.copytree(ROOT / "tasks" / task, d, ignore=shutil.ignore_patterns("__pycache__", "recipe_*"))
-        recipe = d / "recipe_mini"
+        shutil.copytree(ROOT / "tasks" / task, d, ignore=shutil.ignore_patterns("__pycache__", "recipe"))
+        recipe = d / "recipe"   # the task's one recipe folder (both scales), here the trial's commit
         recipe.mkdir()
         archive = subprocess.run(["git", "-C", str(lineage / task / "repo"), "archive", tag], capture_output=True,
                                  check=True).stdout

@@ -69,6 +69,19 @@ class SearchConf:
 
 
 @dataclass
+class WorkersConf:
+    """Where trials run (see ``workers.py``): here (``inline``), or on submitit workers while this session proposes
+    and records (``local``: processes on this machine; ``slurm``: one SLURM job per trial)."""
+
+    executor: str = "inline"          # inline | local | slurm
+    n: int = 2                        # trials in flight, one per worker slot
+    devices: list[str] = field(default_factory=list)   # slot i sees CUDA_VISIBLE_DEVICES=devices[i % len]
+    folder: Optional[str] = None      # submitit's job folder; null: <lineage>/<task>/workers
+    timeout_min: int = 720            # per job
+    parameters: dict[str, Any] = field(default_factory=dict)  # more submitit parameters (slurm_partition, ...)
+
+
+@dataclass
 class AutoresearchConf:
     variant: str = "auto"
     device: str = "auto"
@@ -79,6 +92,7 @@ class AutoresearchConf:
     lineage: LineageConf = field(default_factory=LineageConf)
     sandbox: SandboxConf = field(default_factory=SandboxConf)
     search: SearchConf = field(default_factory=SearchConf)
+    workers: WorkersConf = field(default_factory=WorkersConf)
 
 
 class ConfigError(ValueError):
@@ -121,7 +135,8 @@ def compose(overrides: list[str], agent: str | None = None) -> Any:
     for key, allowed in (("variant", ("auto", "mini", "full")), ("device", ("auto", "cpu", "cuda")),
                          ("schedule", ("round_robin", "random", "bandit")), ("sandbox.mode", ("auto", "bwrap", "off")),
                          ("search.parent", ("best", "tournament", "own_line")),
-                         ("search.specialists", ("separate", "merged"))):
+                         ("search.specialists", ("separate", "merged")),
+                         ("workers.executor", ("inline", "local", "slurm"))):
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
@@ -135,7 +150,8 @@ def _check_ranges(cfg: Any) -> None:
     positive = ["budget.train_seconds", "budget.eval_seconds", "budget.predict_seconds", "budget.seeds",
                 "budget.artifact_bytes", "budget.threads", "lineage.lock_timeout_s", "sandbox.memory_bytes",
                 "sandbox.max_procs", "sandbox.open_files", "sandbox.file_bytes", "sandbox.tmp_bytes",
-                "sandbox.log_bytes", "search.parent_k", "search.bandit_min_turns", "search.early_stop.patience"]
+                "sandbox.log_bytes", "search.parent_k", "search.bandit_min_turns", "search.early_stop.patience",
+                "workers.n", "workers.timeout_min"]
     non_negative = ["budget.prepare_seconds", "budget.startup_seconds", "lineage.top_k", "lineage.recent",
                     "lineage.failures", "search.bandit_explore", "search.early_stop.margin",
                     "search.early_stop.min_fraction"]
@@ -147,6 +163,11 @@ def _check_ranges(cfg: Any) -> None:
             continue
         if value < 0 or (key in positive and value == 0):
             raise ConfigError(f"{key}={value} must be {'> 0' if key in positive else '>= 0'}")
+    # Time limits of the agent, where it has them (agent.* has no schema): seconds, never null or zero.
+    for key in ("agent.timeout", "agent.idle_timeout", "agent.smoke.seconds"):
+        value = OmegaConf.select(cfg, key, default=ConfigError)
+        if value is not ConfigError and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ConfigError(f"{key}={value!r} must be a number of seconds > 0")
 
 
 def _has_agent_yaml(name: str) -> bool:

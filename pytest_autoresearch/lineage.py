@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from filelock import FileLock, Timeout
 
@@ -289,3 +289,33 @@ def make_view(task: str, metric: str, direction: str, records: list[Record], *, 
         top_k=top_k(records, direction, top), ancestors_of_best=ancestors(records, b["trial"]) if b else [],
         recent=recent(records, n_recent), failures=failures(records, n_failures), records=list(records),
         rule=rule)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a side file (promotions, replays, rechecks): missing file -> [], unreadable lines skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def recorded_objective(records: Sequence[Record]) -> Any:
+    """The objective as the baseline record keeps it (None for imported or older lineages): what readers without
+    the task's objects (an xdist controller, the report, show) judge by."""
+    from .task import Objective
+
+    base = next((r for r in reversed(records) if r.get("trial") == 0), None) or {}
+    o = base.get("objective")
+    if not isinstance(o, dict):
+        return None
+    try:
+        return Objective(**o)
+    except (TypeError, ValueError):
+        return None

@@ -31,6 +31,8 @@ class Settings:
     mlflow: str | None
     skip: bool
     configured: bool            # an autoresearch option or ini key was given: build the run state up front
+    update_reference: bool = False   # a plain run rewrites the task's reference.json (reference.py)
+    replay: int | None = None        # a plain run executes this recorded trial's commit instead (replay.py)
 
 
 def add_ini(parser: pytest.Parser) -> None:
@@ -90,9 +92,15 @@ def _resolve(config: pytest.Config) -> Settings:
     agent_opt = opt("autoresearch_agent", None)
     given_cli = trials_opt is not None or any((agent_opt, lineage_opt, cli_overrides, mlflow_opt))
     given_ini = any((trials_ini, lineage_ini, overrides, mlflow_ini, ini("autoresearch_agent")))
+    update_reference, replay = bool(opt("autoresearch_update_reference", False)), opt("autoresearch_replay", None)
+    if trials and (update_reference or replay is not None):
+        flag = "--autoresearch-update-reference" if update_reference else "--autoresearch-replay"
+        raise pytest.UsageError(f"{flag} applies to a plain run (the recipe once), not to --autoresearch-trials "
+                                f"{trials}: run it without trials (autoresearch promote puts a trial's recipe in place)")
     return Settings(trials=trials, agent=agent_opt or ini("autoresearch_agent") or "auto", lineage=lineage,
                     lineage_from=lineage_from, overrides=tuple(overrides + cli_overrides), mlflow=mlflow,
-                    skip=bool(opt("autoresearch_skip", False)), configured=given_cli or given_ini)
+                    skip=bool(opt("autoresearch_skip", False)), configured=given_cli or given_ini,
+                    update_reference=update_reference, replay=replay)
 
 
 def _tracking_uri(value: str | None, base: Path) -> str | None:

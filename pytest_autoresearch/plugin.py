@@ -15,6 +15,7 @@ from .options import add_ini, settings
 
 SESSION_KEY = pytest.StashKey["Any"]()
 REPORT_KEY = pytest.StashKey[dict]()   # attributes copied onto the item's reports (they survive xdist)
+CHECK_KEY = pytest.StashKey[str]()     # a plain run's failed reference gate or replay, failed after the test body
 TRIAL_FIXTURE = "autoresearch_trial"
 MARKER = "autoresearch"
 
@@ -36,6 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="Hydra override of the run config, repeatable (e.g. budget.train_seconds=120)")
     g.addoption("--autoresearch-skip", action="store_true", default=False,
                 help="skip the task tests (recipes and trials); run everything else")
+    g.addoption("--autoresearch-update-reference", action="store_true", default=False,
+                help="plain run: re-measure each task's recipe and rewrite its reference.json (the CI gate)")
+    g.addoption("--autoresearch-replay", type=int, default=None, metavar="TRIAL",
+                help="plain run: run this recorded trial's commit under the lineage's budget and compare")
     g.addoption("--autoresearch-mlflow", default=None, metavar="URI",
                 help="log each trial as an MLflow run to this tracking URI or folder (needs the mlflow extra)")
     add_ini(parser)
@@ -58,6 +63,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     sess = _existing(session.config)
     if sess is not None and sess.trials and not sess.is_worker:
         sess.check_agent_isolation()  # a usage error before anything runs
+        from .plot import preload_in_background
+
+        preload_in_background()  # the session's plot is drawn at its end
 
 
 def _session(config: pytest.Config) -> Any:
@@ -120,8 +128,28 @@ def autoresearch_trial(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         sess.refuse_task(request, problem)
     slot = getattr(request, "param", None)
     if slot is None:
-        rec = run.plain_run(tmp_path)
+        s = settings(request.config)
+        if s.replay is not None:
+            from .replay import ReplayError, run_replay
+
+            try:
+                rec, check = run_replay(run, s.replay, tmp_path)
+            except ReplayError as e:
+                problem = str(e)
+            if problem is not None:
+                pytest.fail(problem, pytrace=False)
+        else:
+            from .reference import gate_plain_run
+
+            rec = run.plain_run(tmp_path)
+            check = gate_plain_run(run, rec, update=s.update_reference,
+                                   measure_again=lambda i: run.plain_run(tmp_path / f"repeat-{i}"))
         _attach(request, rec, "plain")
+        request.node.user_properties.extend(check.properties)
+        if check.status != "no_reference":
+            sess.announce(check.message)
+        if check.failed:
+            request.node.stash[CHECK_KEY] = check.message
         return TrialResult(rec, plain=True)
     if sess.fatal:
         pytest.skip(f"not run: {sess.fatal}")
@@ -187,6 +215,17 @@ def _attach(request: pytest.FixtureRequest, rec: dict[str, Any], slot: str) -> N
 
 def _exit_status(request: pytest.FixtureRequest, code: pytest.ExitCode) -> None:
     request.node.stash.setdefault(REPORT_KEY, {}).setdefault("autoresearch_exit", int(code))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """A plain run whose recipe regressed against its reference (or whose replay differs) fails after the test's
+    own assertions passed: the failure is the test's, not a fixture error."""
+    result = yield
+    failure = item.stash.get(CHECK_KEY, None)
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)
@@ -350,7 +389,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     import time
 
-    from .lineage import Lineage
+    from .lineage import Lineage, recorded_objective
     from .report import task_summary
 
     tasks = sorted(sess.headers)
@@ -361,25 +400,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         base = next((r for r in records if r.get("trial") == 0), {})
         this_run = {r["trial"] for r in sess.records.values() if r.get("task") == name}
         run = sess.runs.get(name)
-        objective = run.task.objective if run is not None else _recorded_objective(base)
+        objective = run.task.objective if run is not None else recorded_objective(records)
         terminalreporter.write_line(task_summary(name, records, base.get("direction", "minimize"),
                                                  base.get("metric", "score"), this_run,
                                                  time.monotonic() - sess.started, objective))
         terminalreporter.write_line(f"lineage: {lin.path}   history: git -C {lin.path.parent / 'repo'} log --all")
+        from .html_report import session_reports
+
+        terminalreporter.write_line(session_reports(lin.path.parent, records, objective=objective))
     if sess.stop_reason:
         terminalreporter.write_line(f"agent stopped proposing: {sess.stop_reason}")
     if sess.fatal:
         terminalreporter.write_line(f"run stopped: {sess.fatal}", red=True)
-
-
-def _recorded_objective(base: dict[str, Any]) -> Any:
-    """The objective as the baseline record keeps it (an xdist controller has no task objects)."""
-    from .task import Objective
-
-    o = base.get("objective")
-    if not isinstance(o, dict):
-        return None
-    try:
-        return Objective(**o)
-    except (TypeError, ValueError):
-        return None

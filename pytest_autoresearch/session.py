@@ -230,8 +230,31 @@ class AutoresearchSession:
             run.say = self.announce
             if self.trials:
                 self._check_variant(run)
+                from .taskinfo import write as write_task_info
+
+                write_task_info(run)  # for promote / replay / audit on this lineage later
+                self._dispatch(run)
             self.runs[task.name] = run
         return run
+
+    def _dispatch(self, run: TaskRun) -> None:
+        """With ``workers.executor`` set, the task's trials run on submitit workers (``workers.py``)."""
+        executor = str(self.cfg.workers.executor)
+        if executor == "inline":
+            return
+        if self.is_worker:
+            raise pytest.UsageError(f"workers.executor={executor} runs every trial from one session; with -n "
+                                    f"(pytest-xdist) each xdist worker is a session of its own: use one or the other")
+        try:
+            from .workers import Dispatcher
+
+            run.dispatcher = Dispatcher(run, self.cfg.workers, self.trials)
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
+        except ImportError as e:
+            raise pytest.UsageError(f"workers.executor={executor} needs submitit ({e}): pip install "
+                                    f"'pytest-autoresearch[launchers]'") from None
+        self.announce(f"autoresearch: task {run.task.name}: {run.dispatcher.describe()}")
 
     def announce(self, line: str) -> None:
         """A line on the terminal as it happens (an xdist worker has none: a warning reaches the controller)."""

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from . import early_stop, masking
 from .agents.base import AgentFatal, AgentStop, NoProposal, Proposal, ProposalRequest
+from .agents.workbench import TrialWorkbench, crash_note
 from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden, check_surface,
                     content_hash)
 from .integrity import check_outputs, digest, freeze, rmtree
@@ -57,6 +58,7 @@ class Outcome:
     prepare_s: float | None = None
     startup_s: float | None = None
     verdict: Verdict | None = None   # set when a side-by-side confirmation decided the trial
+    where: dict[str, Any] | None = None  # the worker that ran it (workers.py): host, slot, pid, devices
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,7 @@ class TaskRun:
                 f = Outcome("budget_overrun", f"{what}: exceeded the {limit:g}s limit (killed after "
                                               f"{spent:.1f}s in all)")
             elif r.rc != 0:
-                f = Outcome("crash", f"{what}: {r.deepest_error()}" + _traceback_tail(r))
+                f = Outcome("crash", crash_note(r, what))
             else:
                 return None
             f.train_s, f.prepare_s, f.startup_s, f.eval_s = res.train_s, res.prepare_s, res.startup_s, res.eval_s
@@ -385,6 +387,14 @@ class TaskRun:
     # -- the baseline ----------------------------------------------------------------------------------
     # Where the baseline says what it does; the session points it at the terminal.
     say: Callable[[str], None] = staticmethod(lambda line: None)
+    # Set when trials run on workers (workers.py): recipes run there, everything else here.
+    dispatcher: Any = None
+
+    def run_recipe(self, commit: str, trial_dir: Path, stop_against: Record | None = None) -> Outcome:
+        """``execute`` on ``commit``: here, or on this trial's worker when trials are dispatched."""
+        if self.dispatcher is not None:
+            return self.dispatcher.run_recipe(commit, trial_dir, stop_against)
+        return self.execute(self._export(commit), trial_dir, stop_against=stop_against)
 
     def ensure_baseline(self) -> Record:
         """Trial 0: the baseline recipe, committed and measured once per task (the first worker does it).
@@ -483,7 +493,7 @@ class TaskRun:
             return Outcome("crash", syntax)
         runs: list[Outcome] = []
         for i in range(self.task.objective.baseline_repeats):
-            outcome = self.execute(self._export(commit), self._trial_dir(0) / f"run-{i}" if i else self._trial_dir(0))
+            outcome = self.run_recipe(commit, self._trial_dir(0) / f"run-{i}" if i else self._trial_dir(0))
             if outcome.label is not None:
                 return outcome
             runs.append(outcome)
@@ -504,6 +514,12 @@ class TaskRun:
 
     # -- a trial ---------------------------------------------------------------------------------------
     def run_trial(self, slot: str) -> Record:
+        """Trial ``slot``: run here, or (with workers) with the next slots' trials in flight meanwhile."""
+        if self.dispatcher is not None:
+            return self.dispatcher.result(slot)
+        return self.trial_now(slot)
+
+    def trial_now(self, slot: str) -> Record:
         self.ensure_baseline()
         trial = self.lineage.claim_trial()
         self._own(trial)
@@ -550,7 +566,7 @@ class TaskRun:
         parent_commit = self.commit_of(parent)
         files = self.repo.files_at(parent_commit)
         request = ProposalRequest(task=self.task, specialist=spec, trial=trial, parent=parent["trial"],
-                                  files=files, view=view, seed=int(self.cfg.seed))
+                                  files=files, view=view, seed=int(self.cfg.seed), bench=TrialWorkbench(self))
         try:
             proposal = self.agent.propose(request)
         except NoProposal as e:
@@ -600,7 +616,7 @@ class TaskRun:
         stop_against = None
         if self.cfg.search.early_stop.enabled:
             stop_against = best(self.lineage.records(quiet=True), self.task.objective.direction)
-        outcome = self.execute(self._export(rec["commit"]), self._trial_dir(trial), stop_against=stop_against)
+        outcome = self.run_recipe(rec["commit"], self._trial_dir(trial), stop_against=stop_against)
         if outcome.metrics.get("early_stop"):
             rec["early_stop"] = outcome.metrics.pop("early_stop")
         label = outcome.label
@@ -624,8 +640,8 @@ class TaskRun:
             outcome.verdict = screen
             return "discard"
         try:
-            again_best = self.execute(self._export(self.commit_of(b)), self._trial_dir(trial) / "confirm-best")
-            again = self.execute(self._export(commit), self._trial_dir(trial) / "confirm")
+            again_best = self.run_recipe(self.commit_of(b), self._trial_dir(trial) / "confirm-best")
+            again = self.run_recipe(commit, self._trial_dir(trial) / "confirm")
         finally:
             for sub in ("confirm-best", "confirm"):
                 self._cleanup_dir(self._trial_dir(trial) / sub)
@@ -672,7 +688,7 @@ class TaskRun:
         if trial - at <= every:
             return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
         try:
-            again = self.execute(self._export(self.commit_of(b)), self._trial_dir(trial) / "best-rerun")
+            again = self.run_recipe(self.commit_of(b), self._trial_dir(trial) / "best-rerun")
         finally:
             self._cleanup_dir(self._trial_dir(trial) / "best-rerun")
         if again.label is not None or again.score is None:
@@ -717,8 +733,9 @@ class TaskRun:
             "eval_s": None, "prepare_s": None, "startup_s": None, "seeds": list(self.task.budget.seeds),
             "agent": {"name": self.agent_name, "model": getattr(self.agent, "model", None)},
             "usage": {}, "notes": "", "started": started, "ended": None, "variant": self.task.variant,
-            "device": self.device, "slot": slot, "metric": self.task.objective.metric,
-            "direction": self.task.objective.direction, "objective": dataclasses.asdict(self.task.objective),
+            "device": self.device, "host": socket.gethostname(), "slot": slot,
+            "metric": self.task.objective.metric, "direction": self.task.objective.direction,
+            "objective": dataclasses.asdict(self.task.objective),
         }
 
     def _commit_unchanged(self, rec: Record, parent: Record, why: str) -> None:
@@ -730,6 +747,8 @@ class TaskRun:
     def _finish(self, rec: Record, outcome: Outcome, *, label: str | None) -> Record:
         """Decide keep/discard against the best *now* (under the lock) and append the record."""
         notes = "; ".join(x for x in (outcome.notes, rec.get("notes") if label == "harness_error" else "") if x)
+        if outcome.where:  # timed on a worker: its host, not this one's
+            rec.update(host=outcome.where.get("host"), worker=outcome.where)
         rec.update(score=outcome.score, metrics=outcome.metrics, train_s=outcome.train_s, eval_s=outcome.eval_s,
                    prepare_s=outcome.prepare_s, startup_s=outcome.startup_s, notes=masking.clean(notes, 4000))
         for key in ("hypothesis", "agent_notes"):

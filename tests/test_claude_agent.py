@@ -142,13 +142,16 @@ def test_tool_edits_become_the_proposal(fake: FakeAnthropic, task: Task) -> None
     assert len(fake.requests) == 3
     first = fake.requests[0]
     assert first["model"] == "claude-test" and "temperature" not in first
-    assert {t["name"] for t in first["tools"]} == {"view", "str_replace", "insert", "create", "submit_trial"}
-    assert first["system"][0]["cache_control"] == {"type": "ephemeral"}      # the static prefix is cached
-    assert "Toy task: train the tiny model" in first["system"][0]["text"]
-    assert "region 'opt' of train.py" in first["system"][0]["text"]
-    assert "7.5 s" in first["system"][0]["text"] and "acc>=0.9" in first["system"][0]["text"]
-    assert "cache_control" not in first["system"][1]                          # the lineage changes per trial
-    assert "lr = 0.2" in first["messages"][0]["content"][0]["text"]             # editable files shown up front
+    assert [t["name"] for t in first["tools"]] == ["view", "str_replace", "insert", "create", "lineage_query",
+                                                   "lineage_trial", "submit_trial"]   # no workbench: no smoke_test
+    rules, files, role = (b["text"] for b in first["system"])
+    assert all(b["cache_control"] == {"type": "ephemeral"} for b in first["system"])  # three cached blocks
+    assert "Toy task: train the tiny model" in rules and "7.5 s" in rules and "acc>=0.9" in rules
+    assert "'opt'" not in rules and "region 'opt' of train.py" in role          # shared rules, then the role
+    assert "lr = 0.2" in files and "def helper" in files                        # the parent's files, all of them
+    lineage, ask = first["messages"][0]["content"]
+    assert lineage["text"].startswith("# Lineage of task toy") and "cache_control" not in lineage
+    assert ask["cache_control"] == {"type": "ephemeral"}                        # the moving breakpoint
     # the view result went back as a tool_result with line numbers; each turn moves the cache breakpoint
     viewed = tool_results(fake.requests[1])[0]
     assert viewed["content"].startswith("     3\t# autoresearch: begin opt") and not viewed.get("is_error")
@@ -204,8 +207,8 @@ def test_malformed_tool_input_gets_error_results(fake: FakeAnthropic, task: Task
 
     first = tool_results(fake.requests[1])
     assert len(first) == 7 and all(r["is_error"] for r in first)
-    assert "'old_str' is missing" in first[0]["content"]
-    assert "insert_line must be an integer" in first[1]["content"]
+    assert "required field(s) 'old_str' missing" in first[0]["content"]
+    assert "'insert_line' must be an integer" in first[1]["content"]
     assert "must be a JSON object" in first[2]["content"]
     assert "unknown tool 'rm_rf'" in first[3]["content"]
     assert "not inside the recipe folder" in first[4]["content"]
@@ -213,7 +216,7 @@ def test_malformed_tool_input_gets_error_results(fake: FakeAnthropic, task: Task
     assert "not changed any file" in first[6]["content"]
     second = tool_results(fake.requests[2])
     assert not second[0].get("is_error") and "does not compile" in second[0]["content"]   # warned, not refused
-    assert "expected_delta must be a number" in second[1]["content"]
+    assert "'expected_delta' must be a number or null" in second[1]["content"]
     assert "does not compile" in second[2]["content"] and second[2]["is_error"]
     third = tool_results(fake.requests[3])
     assert "trial 77 cannot be a parent" in third[1]["content"]
@@ -293,11 +296,14 @@ def test_persistent_request_errors_stop_the_run(fake: FakeAnthropic, task: Task)
     assert len(fake.requests) == 2  # a 400 is not retried
 
 
-def test_slow_response_times_out_and_is_retried(fake: FakeAnthropic, task: Task) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_slow_response_times_out_and_is_retried(fake: FakeAnthropic, task: Task, stream: bool) -> None:
     script = _happy_script()
     fake.queue(dataclasses.replace(script[0], delay=3.0), *script)
-    p = agent_for(fake, timeout=0.5, max_retries=1).propose(make_request(task))
+    limits = {"idle_timeout": 0.5} if stream else {"timeout": 0.5}   # streaming: no first event is idleness
+    p = agent_for(fake, max_retries=1, stream=stream, **limits).propose(make_request(task))
     assert p.hypothesis == "More momentum." and len(fake.requests) == 3
+    assert all(body.get("stream", False) is stream for body in fake.requests)
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -365,14 +371,14 @@ def test_lineage_view_shows_other_specialists_failures(fake: FakeAnthropic, task
     ]
     fake.queue(*_happy_script())
     agent_for(fake).propose(make_request(task, "opt", records, parent=2))
-    lineage = fake.requests[0]["system"][1]["text"]
+    lineage, ask = (b["text"] for b in fake.requests[0]["messages"][0]["content"])
     assert "trial 1 [arch] crash" in lineage and "mat1 and mat2 shapes cannot be multiplied" in lineage
     assert "trial 3 [data] budget_overrun" in lineage and "killed at 9.1 s" in lineage
     assert "trial 4 [arch] gate_miss" in lineage and "acc = 0.8712 < 0.9" in lineage
-    assert "## Current best\ntrial 2 [opt] keep score=4.2" in lineage
+    assert "## Current best\ntrial 2 [opt] keep train_seconds=4.2" in lineage
     assert "+lr = 0.3" in lineage                                    # the best's diff
-    assert fake.requests[0]["messages"][0]["content"][0]["text"].startswith("Propose trial 5. Your edits apply "
-                                                                           "to the files of trial 2")
+    assert ask.startswith("Propose trial 5. Your edits apply to the files of trial 2")
+    assert "<file path=\"train.py\">" in fake.requests[0]["system"][1]["text"]
 
 
 def test_view_sizes_come_from_config(task: Task) -> None:
@@ -400,11 +406,16 @@ def test_per_specialist_model_and_prompt_caching(fake: FakeAnthropic, task: Task
                reply(tool_use("submit_trial", {"hypothesis": "a bit wider", "expected_delta": 0.1})))
     p2 = agent.propose(make_request(task, "arch"))
     assert p1.model == p2.model == "claude-big" and fake.requests[0]["model"] == "claude-big"
-    # the fake server simulates prompt caching: the second session reads the prefix the first one wrote
-    assert p1.usage["cache_creation_input_tokens"] > 0 and p1.usage["cache_read_input_tokens"] > 0
-    assert p2.usage["cache_creation_input_tokens"] == 0 and p2.usage["cache_read_input_tokens"] > 0
+    # the fake caches prefixes as the API does: the first call writes, the second reads what it wrote
+    first, second, again = fake.usages[0], fake.usages[1], fake.usages[2]
+    assert first["cache_creation_input_tokens"] > 0 and first["cache_read_input_tokens"] == 0
+    assert second["cache_read_input_tokens"] >= first["cache_creation_input_tokens"]
+    # the second session (same lineage, same parent) finds its whole first call in the cache
+    assert again["cache_creation_input_tokens"] == 0 and again["input_tokens"] == 0
+    assert again["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
     u = p2.usage
     assert u["cost_usd"] == pytest.approx(round((u["input_tokens"] * 15 + u["output_tokens"] * 75
+                                                 + u["cache_creation_input_tokens"] * 18.75
                                                  + u["cache_read_input_tokens"] * 1.5) / 1e6, 6))
     fake.queue(*_happy_script())
     assert agent.propose(make_request(task, "opt")).model == "claude-test"
@@ -509,10 +520,17 @@ def test_end_to_end_trials_with_the_claude_agent(tmp_path: Path) -> None:
     for r in trials:
         expected_model = {"opt": "claude-sonnet-5-5", "arch": "claude-opus-5-5"}[r["specialist"]]  # per specialist
         assert r["agent"]["name"] == "claude" and r["agent"]["model"] == expected_model
-        assert r["usage"]["input_tokens"] > 0 and r["usage"]["output_tokens"] > 0 and r["usage"]["cost_usd"] > 0
+        u = r["usage"]
+        assert u["cache_read_input_tokens"] > 0 and u["output_tokens"] > 0 and u["cost_usd"] > 0
         assert r["label"] not in ("preflight_crash", "surface_violation", "harness_error"), r
         assert r["diff"] and r["hypothesis"].startswith("Scaling one tunable constant")
-    assert len(requests) == 8      # 4 turns per session: list, view, edit, submit
+    assert len(requests) == 10     # 5 turns per session: list, view, edit, smoke test, submit
+    smoke = [b for body in requests for m in body["messages"] if isinstance(m["content"], list)
+             for b in m["content"] if b.get("type") == "tool_result" and b.get("content", "").startswith("ok: train")]
+    assert len(smoke) == 2, smoke          # the smoke test ran the edited recipe in the trial sandbox
+    assert all("[session] claude" in r["agent_notes"] and "1 smoke test(s) (1 ok)" in r["agent_notes"]
+               for r in trials)
+    assert all(r["kind"].startswith("train.py:") for r in trials)          # the knob the edit changed
     assert "claude (model claude-sonnet-5-5" in output          # the header names agent and model
     assert SECRET not in output
     seen = [json.loads(x) for x in (tmp_path / "harness_env.jsonl").read_text().splitlines()]

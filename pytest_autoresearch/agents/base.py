@@ -12,11 +12,33 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class SmokeResult:
+    """What a quick run of proposed code found: ``ok``, a one-paragraph ``report`` for the agent (on a crash,
+    the deepest frame in the recipe's own files and a short masked traceback tail), and its wall seconds."""
+
+    ok: bool
+    report: str
+    seconds: float = 0.0
+
+
+class Workbench(Protocol):
+    """What the harness lends an agent while it proposes: the files of recorded trials, and a smoke test that
+    runs proposed code for a few steps on a slice of the training data, in the trial sandbox."""
+
+    def files_of(self, trial: int) -> Mapping[str, str]:
+        """The recipe files of a recorded trial (``KeyError`` when it has none)."""
+        ...
+
+    def smoke(self, files: Mapping[str, str], *, seconds: float, steps: int, rows: int) -> SmokeResult: ...
+
+
+@dataclass(frozen=True)
 class ProposalRequest:
     """Everything an agent may read to propose one trial.
 
     ``files`` are the parent trial's recipe files (path relative to the recipe folder -> text); ``view`` is the
-    lineage as the agent is allowed to see it; ``seed`` makes a proposal reproducible.
+    lineage as the agent is allowed to see it; ``seed`` makes a proposal reproducible; ``bench``, when the
+    harness lends one, reads other trials' files and smoke-tests proposed code.
     """
 
     task: "Task"
@@ -26,6 +48,7 @@ class ProposalRequest:
     files: Mapping[str, str]
     view: "LineageView"
     seed: int
+    bench: Workbench | None = None
 
 
 @dataclass

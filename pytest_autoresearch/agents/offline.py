@@ -4,6 +4,21 @@ Candidates come from three places: the numeric constants, booleans and named opt
 specialist's regions (generic, so a new task needs no catalog), the task's catalog of known techniques,
 and the specialist's own earlier wins that the current best does not contain yet. Each candidate is
 weighted by what the lineage says about its knob and direction, then one is drawn with a seeded RNG.
+
+Weights aim at the keep bar. A trial that moves the score by less than the bar is a wasted trial however
+right its direction, so every candidate gets a predicted gain, as a fraction of the best score, and is weighed
+by that prediction over the bar:
+- from the lineage: every trial that changed the same knob and was scored (kept, discarded or over a gate)
+  gives a slope, gain per log-step, which predicts both directions and any step size;
+- from the task author: a catalog technique's ``expected_delta``;
+- on a cost objective (a timing or size on the relative scale, minimized) with nothing measured yet: shrinking
+  an integer size or count of 4 or more is expected to save cost and growing it to spend more; any other
+  number is expected to leave the cost alone, which cannot clear a bar on cost.
+
+Gates are predicted the same way: a knob's measured effect on a gated metric (``MetricAtLeast``/``AtMost``)
+says whether a step would leave the best's margin negative, and such a step is drawn rarely. When the drawn
+step is predicted to lose gate margin, the trial *trades*: it also makes the change on another knob of the
+surface that measured the most margin back without costing the objective more than a quarter of the bar.
 """
 from __future__ import annotations
 
@@ -26,6 +41,7 @@ KWARG_RE = re.compile(rf"(?<![\w.])(?P<name>[A-Za-z_]\w*)=(?P<value>{_NUM})(?![\
 RANGE_RE = re.compile(rf"range:\s*(?P<lo>{_NUM})\s*\.\.\s*(?P<hi>{_NUM})")
 FAILED = ("budget_overrun", "gate_miss", "crash", "size_blocked")
 STALL = 5  # judged trials without a keep before steps grow
+SCORED = ("keep", "discard", "gate_miss")  # labels whose score measured the change
 
 
 @dataclass
@@ -38,6 +54,9 @@ class Candidate:
     weight: float = 1.0
     evidence: list[str] = field(default_factory=list)
     expected: float | None = None
+    old_value: str | None = None  # the number a numeric step changes, as written
+    predicted: float | None = None  # predicted gain, as a fraction of the best score
+    gate_moves: dict[str, float] = field(default_factory=dict)  # gate metric -> predicted change toward passing
 
 
 def _fmt(value: float, like: str) -> str:
@@ -105,9 +124,10 @@ def _line_candidates(path: str, region: str, text: str, line: str, lines: list[s
     search = _unique_search(text, line, lines, idx)
     out: list[Candidate] = []
 
-    def cand(name: str, direction: str, factor: float, new_line: str, describe: str) -> None:
+    def cand(name: str, direction: str, factor: float, new_line: str, describe: str, old: str | None = None) -> None:
         out.append(Candidate(f"{path}:{region}:{name}", direction, factor,
-                             [Edit(path, search, search[: len(search) - len(line)] + new_line + nl)], describe))
+                             [Edit(path, search, search[: len(search) - len(line)] + new_line + nl)], describe,
+                             old_value=old))
 
     m = OPTION_RE.match(body)
     if m:
@@ -130,7 +150,7 @@ def _line_candidates(path: str, region: str, text: str, line: str, lines: list[s
             if lo <= nv <= hi:
                 s = _fmt(nv, value)
                 cand(name, direction, factor, f"{m['head']}{s}{tail}",
-                     f"change {name} {value}->{s} ({path}, region {region})")
+                     f"change {name} {value}->{s} ({path}, region {region})", old=value)
         return out
     if body.lstrip().startswith("#"):
         return out
@@ -142,7 +162,7 @@ def _line_candidates(path: str, region: str, text: str, line: str, lines: list[s
         for nv, direction, factor in _numeric_steps(float(value), is_int):
             s = _fmt(nv, value)
             new = body[: m.start("value")] + s + body[m.end("value"):]
-            cand(name, direction, factor, new, f"change {name}={value}->{s} ({path}, region {region})")
+            cand(name, direction, factor, new, f"change {name}={value}->{s} ({path}, region {region})", old=value)
     return out
 
 
@@ -172,6 +192,10 @@ class OfflineAgent:
         cands = surface_candidates(files, spec.surface)
         cands += self._catalog(spec, files)
         cands += self._reapply(request, records)
+        bar = _bar_fraction(request)
+        slopes = _slopes(records, request.task.objective)
+        gates = _gates(request.task)
+        gate_slopes = _gate_slopes(records, gates)
         usable: list[Candidate] = []
         for c in cands:
             try:
@@ -181,6 +205,8 @@ class OfflineAgent:
             if after == files or content_hash(after) in tried:
                 continue
             self._weigh(c, records, request)
+            self._aim(c, request, bar, slopes)
+            self._guard(c, request, gates, gate_slopes)
             usable.append(c)
         if not usable:
             raise NoProposal(f"offline agent: every change it knows inside the surface of '{spec.name}' "
@@ -194,8 +220,17 @@ class OfflineAgent:
             if pick <= 0:
                 chosen = c
                 break
-        return Proposal(hypothesis=self._hypothesis(chosen, records), expected_delta=chosen.expected,
-                        edits=chosen.edits, kind=f"{chosen.knob}:{chosen.direction}", step=chosen.factor)
+        kind, edits, hypothesis = f"{chosen.knob}:{chosen.direction}", chosen.edits, self._hypothesis(chosen, records)
+        partner = self._trade_partner(chosen, usable, files, bar)
+        if partner is not None:
+            edits = chosen.edits + partner.edits
+            kind = f"{kind}+{partner.knob}:{partner.direction}"
+            hypothesis += (f" Traded: {chosen.describe} is predicted to cost "
+                           f"{', '.join(f'{m} {v:+.3g}' for m, v in chosen.gate_moves.items() if v < 0)}, so this "
+                           f"trial also makes the change that measured gains back: {partner.describe} "
+                           f"({'; '.join(partner.evidence[:1])}).")
+        return Proposal(hypothesis=hypothesis, expected_delta=chosen.expected, edits=edits, kind=kind,
+                        step=chosen.factor)
 
     # -- candidate sources ----------------------------------------------------------------------------
     def _catalog(self, spec: Any, files: Mapping[str, str]) -> list[Candidate]:
@@ -281,6 +316,85 @@ class OfflineAgent:
             sign = -1.0 if direction == "minimize" else 1.0
             c.expected = sign * 0.005 * abs(request.view.best["score"])
 
+    def _aim(self, c: Candidate, request: ProposalRequest, bar: float | None,
+             slopes: dict[str, list[float]]) -> None:
+        """Weigh ``c`` by its predicted gain over the keep bar (see the module docstring)."""
+        if bar is None or bar <= 0:
+            return
+        best = request.view.best
+        best_score = best.get("score") if best else None
+        predicted, why = None, ""
+        signed = _signed_log_step(c)
+        if c.knob in slopes and signed is not None:
+            n = len(slopes[c.knob])
+            s = sorted(slopes[c.knob])[n // 2]
+            # One measurement carries run-to-run noise of about half the bar: shrink toward no effect.
+            predicted = s * signed * n / (n + 1)
+            why = (f"{n} scored trial(s) on this knob give a slope of {100 * s:+.2g}% per log-step, so this "
+                   f"step should move the score {100 * predicted:+.2g}%")
+        elif c.direction == "catalog" and isinstance(c.expected, (int, float)) and best_score:
+            sign = -1.0 if request.view.direction == "minimize" else 1.0
+            predicted = sign * float(c.expected) / abs(float(best_score))
+            why = f"the task's catalog expects {100 * predicted:+.2g}%"
+        elif signed is not None and _is_cost(request.task) and _is_size(c):
+            predicted = -bar * signed / math.log(2)
+            why = (f"{request.task.objective.metric} is a cost and this integer is a size or count: "
+                   f"{'shrinking' if signed < 0 else 'growing'} it should {'save' if signed < 0 else 'spend'} cost")
+        elif signed is not None and _is_cost(request.task):
+            predicted = 0.0
+            why = f"{request.task.objective.metric} is a cost and this number is not a size: its effect on cost is unmeasured"
+        if predicted is None:
+            return
+        c.predicted = predicted
+        # exp(2 (g/bar - 1/2)): a change predicted to clear the bar is worth e times one predicted to do nothing
+        # useful, e^-1; one predicted to lose by the bar is nearly ruled out.
+        c.weight *= min(6.0, max(0.02, math.exp(2.0 * (predicted / bar - 0.5))))
+        c.evidence.insert(0, f"{why}; the keep bar is {100 * bar:.2g}%")
+
+    def _guard(self, c: Candidate, request: ProposalRequest, gates: list[tuple[str, float, float]],
+               gate_slopes: dict[str, dict[str, list[float]]]) -> None:
+        """Down-weigh a step predicted, from the knob's measured effect on a gate metric, to fail that gate."""
+        signed = _signed_log_step(c)
+        best = request.view.best
+        if signed is None or not best or c.knob not in gate_slopes:
+            return
+        metrics = best.get("metrics") or {}
+        for metric, threshold, sign in gates:
+            ss = gate_slopes[c.knob].get(metric)
+            value = metrics.get(metric)
+            if not ss or not isinstance(value, (int, float)):
+                continue
+            n = len(ss)
+            move = sorted(ss)[n // 2] * signed * n / (n + 1)   # toward passing when positive
+            c.gate_moves[metric] = move
+            after = value + sign * move
+            if sign * (after - threshold) < 0:
+                c.weight *= 0.2
+                c.evidence.insert(0, f"{n} scored trial(s) on this knob moved {metric}: this step should leave it "
+                                     f"at {after:.4g}, failing the gate {threshold:g}")
+
+    def _trade_partner(self, chosen: Candidate, usable: list[Candidate], files: Mapping[str, str],
+                       bar: float | None) -> Candidate | None:
+        """For a step predicted to lose gate margin, the change on another knob that measured the most margin
+        back without costing the objective more than a quarter of the bar; None when there is none."""
+        losses = [m for m, v in chosen.gate_moves.items() if v < 0]
+        if not losses or chosen.direction not in ("up", "down"):
+            return None
+        knob_of = chosen.knob
+        best, best_gain = None, 0.0
+        for p in usable:
+            if p.knob == knob_of or p.direction not in ("up", "down"):
+                continue
+            gain = min((p.gate_moves.get(m, 0.0) for m in losses), default=0.0)
+            cost_ok = p.predicted is None or bar is None or p.predicted >= -bar / 4
+            if gain > best_gain and cost_ok:
+                try:
+                    apply_edits(apply_edits(files, chosen.edits), p.edits)
+                except EditError:
+                    continue
+                best, best_gain = p, gain
+        return best
+
     def _size_for_bar(self, c: Candidate, records: list[Record]) -> None:
         """Size steps to the keep bar. Larger steps are preferred (and the smallest passed over) when the legal
         trials so far moved the score by a median of under half the bar (a step of the same size is a wasted
@@ -312,6 +426,105 @@ class OfflineAgent:
         text = c.describe[0].upper() + c.describe[1:]
         evidence = "; ".join(c.evidence[:3]) if c.evidence else f"lineage holds {len(records)} trials"
         return f"{text}. Evidence: {evidence}."
+
+
+def _bar_fraction(request: ProposalRequest) -> float | None:
+    """The keep bar now, as a fraction of the best score: what a change must move the score by to be kept."""
+    from ..acceptance import measured_noise, min_delta_on_scale, per_seed, scale_of
+
+    view, objective = request.view, request.task.objective
+    best = view.best
+    score = best.get("score") if best else None
+    if not isinstance(score, (int, float)) or not score:
+        return None
+    noise = measured_noise(view.records, objective)
+    n = max(len(per_seed(best)), 1)
+    md = min_delta_on_scale(objective, score)
+    bar = max(md, objective.noise_sigmas * math.sqrt(2.0 * noise.var / n)) if noise.var is not None else md
+    if scale_of(objective) == "absolute":
+        bar /= abs(float(score))
+    return bar or None
+
+
+def _signed_log_step(c: Candidate) -> float | None:
+    """ln(step) signed by direction (+ up, - down); None for non-numeric changes."""
+    if c.direction not in ("up", "down") or not c.factor or c.factor <= 0:
+        return None
+    step = math.log(max(c.factor, 1.0 + 1e-9))
+    return step if c.direction == "up" else -step
+
+
+def _slopes(records: list[Record], objective: Any) -> dict[str, list[float]]:
+    """Knob -> measured gains per signed log-step (gain as a fraction of the score), one per scored trial.
+
+    A trial's gain is the keep rule's paired gain where it has one (against a fresh measurement of the best,
+    so a drifting machine does not read as an effect); a gate miss has only its score against the best's.
+    """
+    from ..acceptance import scale_of
+
+    out: dict[str, list[float]] = {}
+    for r in records:
+        knob, _, r_dir = (r.get("kind") or "").rpartition(":")
+        step = r.get("step")
+        if r.get("label") not in SCORED or r_dir not in ("up", "down"):
+            continue
+        if not isinstance(step, (int, float)) or step <= 1.0:
+            continue
+        acc, pct = r.get("acceptance") or {}, r.get("delta_pct")
+        if isinstance(acc.get("gain"), (int, float)):
+            gain = float(acc["gain"])
+            if (acc.get("scale") or scale_of(objective)) == "absolute":
+                ref = r.get("score")
+                if not isinstance(ref, (int, float)) or not ref:
+                    continue
+                gain /= abs(float(ref))
+        elif isinstance(pct, (int, float)):
+            gain = (-pct if objective.direction == "minimize" else pct) / 100.0
+        else:
+            continue
+        out.setdefault(knob, []).append(gain / (math.log(step) * (1 if r_dir == "up" else -1)))
+    return out
+
+
+def _gates(task: Any) -> list[tuple[str, float, float]]:
+    """(metric, threshold, +1 for at-least / -1 for at-most) of the task's gates on one metric."""
+    from ..legality import MetricAtLeast, MetricAtMost
+
+    out = []
+    for check in getattr(task, "legality", ()) or ():
+        if isinstance(check, (MetricAtLeast, MetricAtMost)):
+            out.append((check.metric, float(check.threshold), 1.0 if isinstance(check, MetricAtLeast) else -1.0))
+    return out
+
+
+def _gate_slopes(records: list[Record], gates: list[tuple[str, float, float]]) -> dict[str, dict[str, list[float]]]:
+    """Knob -> gate metric -> its change toward passing per signed log-step, from single-knob trials whose
+    parent's metric is recorded too."""
+    by_trial = {r.get("trial"): r for r in records}
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        knob, _, r_dir = (r.get("kind") or "").rpartition(":")
+        step, parent = r.get("step"), by_trial.get(r.get("parent"))
+        if r_dir not in ("up", "down") or not isinstance(step, (int, float)) or step <= 1.0 or parent is None:
+            continue
+        log_step = math.log(step) * (1 if r_dir == "up" else -1)
+        mine, theirs = r.get("metrics") or {}, parent.get("metrics") or {}
+        for metric, _, sign in gates:
+            a, b = mine.get(metric), theirs.get(metric)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                out.setdefault(knob, {}).setdefault(metric, []).append(sign * (a - b) / log_step)
+    return out
+
+
+def _is_cost(task: Any) -> bool:
+    """A cost objective: minimized and compared on the relative scale (timings, bytes, FLOPs)."""
+    objective = getattr(task, "objective", None)
+    return (getattr(objective, "direction", None) == "minimize" and getattr(objective, "scale", None) == "relative")
+
+
+def _is_size(c: Candidate) -> bool:
+    """The candidate steps an integer of 4 or more (a width, a count, a number of images)."""
+    return c.old_value is not None and re.fullmatch(r"[-+]?\d+", c.old_value) is not None and int(c.old_value) >= 4
 
 
 def _gain(r: Record, direction: str) -> float | None:

@@ -3,16 +3,20 @@
 The tools have the shape of Anthropic's text-editor tool (``view``, ``str_replace``, ``insert``, ``create``)
 plus ``submit_trial``. Every edit is checked against the specialist's surface (and the evaluator's forbidden
 patterns) as it lands, so an out-of-surface edit is refused with a message the model can act on instead of
-costing a whole trial as a ``surface_violation``.
+costing a whole trial as a ``surface_violation``. Every call's input is checked against its tool's schema
+first (required fields, types, unknown fields): a miss is a tool error the model can fix, never a guess.
 """
 from __future__ import annotations
 
 import difflib
+import json
 import posixpath
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..edits import Edit, EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden, check_surface
+from ..edits import (Edit, EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden, check_surface,
+                     split_regions)
 
 if TYPE_CHECKING:
     from ..task import Specialist
@@ -34,52 +38,127 @@ class Submission:
     expected_delta: float | None
     parent: int | None
     edits: list[Edit]
+    notes: str = ""
 
 
-def tool_specs(metric: str, direction: str) -> list[dict[str, Any]]:
-    """JSON-schema tool definitions for the Messages API (the same list every session, so it caches)."""
+EDIT_TOOLS = ("view", "str_replace", "insert", "create", "submit_trial")
+
+
+def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def tool_specs(metric: str, direction: str, *, smoke: str = "", extra: list[dict[str, Any]] | None = None
+               ) -> list[dict[str, Any]]:
+    """JSON-schema tool definitions for the Messages API (the same list every session of a run, so it caches).
+
+    ``smoke`` describes the smoke test when the harness offers one (empty: no ``smoke_test`` tool); ``extra``
+    are more tools (the lineage queries), placed before ``submit_trial``.
+    """
     path = {"type": "string", "description": "File path relative to the recipe folder, e.g. 'train.py'."}
-    return [
+    specs = [
         {"name": "view",
          "description": "Show a recipe file with line numbers (or, for path '.', list the recipe's files and "
                         "what you may edit in each). view_range [start, end] limits the lines shown "
                         "(1-based, inclusive; end -1 means to the end of the file).",
-         "input_schema": {"type": "object", "properties": {
+         "input_schema": _schema({
              "path": path,
-             "view_range": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}},
-             "required": ["path"]}},
+             "view_range": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+                            "description": "[first line, last line]; -1 as the last line means the end."}},
+             ["path"])},
         {"name": "str_replace",
          "description": "Replace old_str with new_str in a file. old_str must match the file exactly once, "
                         "whitespace included (copy it from view output without the line numbers). "
                         "Edits outside your surface are refused.",
-         "input_schema": {"type": "object", "properties": {
-             "path": path, "old_str": {"type": "string"}, "new_str": {"type": "string"}},
-             "required": ["path", "old_str", "new_str"]}},
+         "input_schema": _schema({"path": path, "old_str": {"type": "string"}, "new_str": {"type": "string"}},
+                                 ["path", "old_str", "new_str"])},
         {"name": "insert",
          "description": "Insert new_str after line insert_line of a file (0 inserts at the top). "
                         "Edits outside your surface are refused.",
-         "input_schema": {"type": "object", "properties": {
-             "path": path, "insert_line": {"type": "integer", "minimum": 0}, "new_str": {"type": "string"}},
-             "required": ["path", "insert_line", "new_str"]}},
+         "input_schema": _schema({"path": path, "insert_line": {"type": "integer", "minimum": 0},
+                                  "new_str": {"type": "string"}}, ["path", "insert_line", "new_str"])},
         {"name": "create",
          "description": "Create a file (or overwrite a whole file) with file_text. Only files your surface "
                         "owns whole may be created or overwritten.",
-         "input_schema": {"type": "object", "properties": {
-             "path": path, "file_text": {"type": "string"}},
-             "required": ["path", "file_text"]}},
+         "input_schema": _schema({"path": path, "file_text": {"type": "string"}}, ["path", "file_text"])},
+    ]
+    if smoke:
+        specs.append({"name": "smoke_test", "description": smoke, "input_schema": _schema({}, [])})
+    specs += list(extra or [])
+    specs.append(
         {"name": "submit_trial",
          "description": "Submit your edits as one trial and end the session. Call it exactly once, after your "
-                        f"edits. expected_delta is your predicted change of {metric} versus the parent trial "
-                        f"(the objective is to {direction} it; null if you cannot guess). parent optionally "
-                        "names another recorded trial to branch from; by default your edits apply to the "
-                        "trial whose files you were shown.",
-         "input_schema": {"type": "object", "properties": {
+                        f"edits. expected_delta is your predicted change of {metric} versus the parent trial, in "
+                        f"{metric}'s own units (the objective is to {direction} it; negative means lower; null if "
+                        "you cannot guess, but the field is required). parent optionally names another recorded "
+                        "trial to branch from; by default your edits apply to the trial whose files you were shown.",
+         "input_schema": _schema({
              "hypothesis": {"type": "string",
                             "description": "One or two sentences: what you changed and why it should help."},
-             "expected_delta": {"type": ["number", "null"]},
-             "parent": {"type": ["integer", "null"]}},
-             "required": ["hypothesis", "expected_delta"]}},
-    ]
+             "expected_delta": {"type": ["number", "null"],
+                                "description": f"Predicted change of {metric} versus the parent, in its units."},
+             "notes": {"type": "string",
+                       "description": "For the specialists after you: what you checked (a smoke test, a trial "
+                                      "you built on), what result would confirm or refute the idea, what to try "
+                                      "next. Kept in the trial's record and shown with it in the lineage."},
+             "parent": {"type": ["integer", "null"],
+                        "description": "Another recorded legal trial to apply your change to (optional)."}},
+             ["hypothesis", "expected_delta"])})
+    return specs
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, {"string": str, "boolean": bool, "array": list, "object": dict,
+                              "null": type(None)}.get(kind, object))
+
+
+def check_input(tool: str, schema: Mapping[str, Any], args: Any) -> None:
+    """Raise :class:`ToolError` naming the field when ``args`` does not fit ``schema`` (required fields, types,
+    enums, bounds, unknown fields) -- the subset of JSON Schema the tool definitions use."""
+    if not isinstance(args, dict):
+        raise ToolError(f"{tool}: input must be a JSON object, got {type(args).__name__}")
+    props: Mapping[str, Any] = schema.get("properties") or {}
+    missing = [k for k in schema.get("required") or () if k not in args]
+    if missing:
+        hints = "; ".join(f"{k}: {props.get(k, {}).get('description') or _kinds(props.get(k, {}))}" for k in missing)
+        raise ToolError(f"{tool}: required field(s) {', '.join(repr(k) for k in missing)} missing ({hints}); "
+                        f"call {tool} again with them")
+    if schema.get("additionalProperties") is False:
+        unknown = sorted(k for k in args if k not in props)
+        if unknown:
+            raise ToolError(f"{tool}: unknown field(s) {', '.join(repr(k) for k in unknown)}; its fields are "
+                            f"{', '.join(sorted(props)) or 'none'}")
+    for key, value in args.items():
+        spec = props.get(key) or {}
+        kinds = spec.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
+        if kinds and not any(_type_ok(value, k) for k in kinds):
+            raise ToolError(f"{tool}: '{key}' must be {_kinds(spec)}, got {json.dumps(value, default=str)[:80]}")
+        if "enum" in spec and value not in spec["enum"]:
+            raise ToolError(f"{tool}: '{key}' must be one of {', '.join(map(str, spec['enum']))}, got {value!r}")
+        if _type_ok(value, "number") and "minimum" in spec and value < spec["minimum"]:
+            raise ToolError(f"{tool}: '{key}' must be >= {spec['minimum']}, got {value}")
+        if _type_ok(value, "number") and "maximum" in spec and value > spec["maximum"]:
+            raise ToolError(f"{tool}: '{key}' must be <= {spec['maximum']}, got {value}")
+        if isinstance(value, list):
+            if len(value) < spec.get("minItems", 0) or len(value) > spec.get("maxItems", len(value)):
+                raise ToolError(f"{tool}: '{key}' must have {spec.get('minItems')} to {spec.get('maxItems')} items, "
+                                f"got {len(value)}")
+            item = (spec.get("items") or {}).get("type")
+            if item and not all(_type_ok(v, item) for v in value):
+                raise ToolError(f"{tool}: every item of '{key}' must be {item}, got {json.dumps(value)[:80]}")
+
+
+def _kinds(spec: Mapping[str, Any]) -> str:
+    kinds = spec.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds or ["any value"])
+    names = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+             "array": "an array", "object": "an object", "null": "null"}
+    return " or ".join(names.get(k, k) for k in kinds)
 
 
 def numbered(text: str, start: int = 1) -> str:
@@ -95,7 +174,9 @@ class Workspace:
     """
 
     def __init__(self, files: Mapping[str, str], specialist: "Specialist", *, forbidden: tuple[str, ...] = (),
-                 parent: int = 0, known_parents: set[int] | None = None, max_view_chars: int = 60_000) -> None:
+                 parent: int = 0, known_parents: set[int] | None = None, max_view_chars: int = 60_000,
+                 specs: list[dict[str, Any]] | None = None,
+                 handlers: Mapping[str, Callable[[dict], str]] | None = None) -> None:
         self.before = dict(files)
         self.files = dict(files)
         self.specialist = specialist
@@ -103,6 +184,10 @@ class Workspace:
         self.parent = parent
         self.known_parents = known_parents
         self.max_view_chars = max_view_chars
+        self.specs = {s["name"]: s["input_schema"] for s in (specs or tool_specs("score", "minimize"))}
+        self.handlers: dict[str, Callable[[dict], Any]] = {
+            "view": self.view, "str_replace": self.str_replace, "insert": self.insert, "create": self.create,
+            "submit_trial": self.submit, **dict(handlers or {})}
         self.refused = 0
         self.calls = 0
         self.errors = 0
@@ -113,12 +198,12 @@ class Workspace:
         """Run one tool call; raise :class:`ToolError` with a message for the model when it fails."""
         self.calls += 1
         try:
-            if not isinstance(args, dict):
-                raise ToolError(f"{name}: input must be a JSON object, got {type(args).__name__}")
-            handler = {"view": self.view, "str_replace": self.str_replace, "insert": self.insert,
-                       "create": self.create, "submit_trial": self.submit}.get(name)
+            handler = self.handlers.get(name) if name in self.specs else None
             if handler is None:
-                raise ToolError(f"unknown tool {name!r}; use view, str_replace, insert, create or submit_trial")
+                raise ToolError(f"unknown tool {name!r}; the tools are: {', '.join(self.specs)}")
+            if name == "insert" and isinstance(args, dict) and "insert_text" in args and "new_str" not in args:
+                args = {("new_str" if k == "insert_text" else k): v for k, v in args.items()}  # the editor's name
+            check_input(name, self.specs[name], args)
             return handler(args)
         except ToolError as e:
             self.errors += 1
@@ -189,12 +274,8 @@ class Workspace:
 
     def insert(self, args: dict) -> str:
         path = self._existing(_string(args, "path", "insert"), "insert")
-        new = args.get("new_str", args.get("insert_text"))
-        if not isinstance(new, str):
-            raise ToolError("insert: 'new_str' (a string) is required")
+        new = _string(args, "new_str", "insert")
         line = args.get("insert_line")
-        if isinstance(line, str) and line.strip().isdigit():
-            line = int(line)
         lines = self.files[path].splitlines(keepends=True)
         if not isinstance(line, int) or isinstance(line, bool) or not 0 <= line <= len(lines):
             raise ToolError(f"insert: insert_line must be an integer from 0 to {len(lines)} "
@@ -240,19 +321,13 @@ class Workspace:
         if not isinstance(hypothesis, str) or not hypothesis.strip():
             raise ToolError("submit_trial: 'hypothesis' must be a non-empty string saying what you changed "
                             "and why")
-        expected = args.get("expected_delta")
+        expected = args["expected_delta"]  # required (null allowed): check_input saw to it
         if expected is not None:
-            try:
-                expected = float(expected)
-            except (TypeError, ValueError):
-                raise ToolError(f"submit_trial: expected_delta must be a number or null, got {expected!r}") from None
+            expected = float(expected)
             if expected != expected or expected in (float("inf"), float("-inf")):
                 raise ToolError("submit_trial: expected_delta must be a finite number or null")
+        notes = args.get("notes") or ""
         parent = args.get("parent")
-        if isinstance(parent, str) and parent.strip().lstrip("-").isdigit():
-            parent = int(parent)
-        if parent is not None and (not isinstance(parent, int) or isinstance(parent, bool)):
-            raise ToolError(f"submit_trial: parent must be a trial number or null, got {parent!r}")
         if parent == self.parent:
             parent = None
         if parent is not None and self.known_parents is not None and parent not in self.known_parents:
@@ -271,7 +346,7 @@ class Workspace:
         if edits is None:
             raise ToolError(f"submit_trial: your change cannot be expressed as edits that would apply to "
                             f"trial {parent} as well; submit without parent to build on trial {self.parent}")
-        return Submission(hypothesis.strip(), expected, parent, edits)
+        return Submission(hypothesis.strip(), expected, parent, edits, notes.strip())
 
     def changed(self) -> set[str]:
         return {p for p in set(self.before) | set(self.files) if self.before.get(p) != self.files.get(p)}
@@ -346,3 +421,63 @@ def hunk_edits(path: str, old: str, new: str, context: int = 3) -> list[Edit]:
         out.append(Edit(path, search, replace))
         current = current.replace(search, replace, 1) if search else current
     return out
+
+
+# -- what kind of change a submission is (the record's ``kind``, as the offline agent writes it) --------------
+_ASSIGN = re.compile(r"^\s*(?P<name>[A-Za-z_]\w*)\s*(?::[^=]+)?=\s*(?P<value>[-+]?(?:\d+\.\d*|\.\d+|\d+)"
+                     r"(?:[eE][-+]?\d+)?|True|False)\s*(?:#.*)?$")
+
+
+def _line_regions(text: str) -> list[str | None]:
+    """The marked region of each line of ``text`` (None outside every region, marker lines included)."""
+    out: list[str | None] = []
+    for name, chunk in split_regions(text):
+        out += [name] * len(chunk.splitlines())
+    return out
+
+
+def change_kind(before: Mapping[str, str], after: Mapping[str, str], surface: Any) -> tuple[str, float | None]:
+    """``path:region:knob:direction`` and the step factor when the change sets one constant to another number
+    (``up``/``down``) or flips a boolean (``toggle``); else ``path:region:edit`` for a change within one region
+    (``file`` for a file owned whole) or ``multi:<places>`` -- so later proposals can learn per knob."""
+    places: list[str] = []
+    pairs: list[tuple[str, str, str, str]] = []
+    for path in sorted(set(before) | set(after)):
+        old, new = before.get(path), after.get(path)
+        if old == new:
+            continue
+        if old is None or new is None or surface.owns_file(path):
+            places.append(f"{path}:file")
+            a, b = (old or "").splitlines(), (new or "").splitlines()
+            regions: list[str | None] = ["file"] * max(len(a), 1)
+        else:
+            a, b = old.splitlines(), new.splitlines()
+            regions = _line_regions(old) or [None]
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+            if op == "equal":
+                continue
+            region = regions[min(i1, len(regions) - 1)] or "outside"
+            places.append(f"{path}:{region}")
+            if op == "replace" and i2 - i1 == 1 and j2 - j1 == 1:
+                pairs.append((path, region, a[i1], b[j1]))
+            else:
+                pairs.append((path, region, "", ""))
+    places = list(dict.fromkeys(places))
+    if len(pairs) == 1 and pairs[0][2]:
+        path, region, old_line, new_line = pairs[0]
+        m_old, m_new = _ASSIGN.match(old_line), _ASSIGN.match(new_line)
+        if m_old and m_new and m_old["name"] == m_new["name"]:
+            v_old, v_new = m_old["value"], m_new["value"]
+            if {v_old, v_new} == {"True", "False"}:
+                return f"{path}:{region}:{m_old['name']}:toggle", None
+            try:
+                x, y = float(v_old), float(v_new)
+            except ValueError:
+                x = y = 0.0
+            if x != y and x * y > 0:
+                return f"{path}:{region}:{m_old['name']}:{'up' if y > x else 'down'}", max(y / x, x / y)
+            if x != y:
+                return f"{path}:{region}:{m_old['name']}:{'up' if y > x else 'down'}", None
+    if len(places) == 1:
+        return f"{places[0]}:edit", None
+    return "multi:" + ",".join(places[:4]) + (",..." if len(places) > 4 else ""), None

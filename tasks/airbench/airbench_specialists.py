@@ -1,8 +1,9 @@
-"""The airbench task's specialists: one per marked region of train.py, each with a brief and a catalog.
+"""The airbench task's specialists: one per marked region, each with a brief and a catalog.
 
-Catalog edits are SEARCH/REPLACE blocks written against the variant's baseline ``train.py``
-(``recipe_full/`` or ``recipe_mini/``); ``test_airbench_data.py`` checks that each applies exactly once,
-stays inside its specialist's region and compiles.
+A specialist owns its region of the shared ``train.py`` (code and the knobs both scales share) and, where the
+scale file has one, the same-named region of ``scale_<variant>.py`` (the knobs whose values depend on the scale).
+Catalog edits are SEARCH/REPLACE blocks written against ``recipe/``; ``test_airbench_data.py`` checks that each
+applies exactly once, stays inside its specialist's surface and compiles.
 """
 from __future__ import annotations
 
@@ -10,19 +11,29 @@ from pytest_autoresearch.edits import Edit
 from pytest_autoresearch.task import Specialist, Surface, Technique
 
 TRAIN = "train.py"
+SCALED = ("arch", "opt", "aug")  # regions the scale files mark too
+
+
+FULL, MINI = "scale_full.py", "scale_mini.py"
+
+
+def scale_file(variant: str) -> str:
+    return f"scale_{variant}.py"
 
 _COMMON = (
     "Objective: minimize {metric} (harness-measured {clock} of train(ctx) plus predict(ctx) per seed, "
     "importing train.py included; prediction is timed like training), subject to the gate: mean test "
     "accuracy over the budget's seeds >= {gate}. Most speedups cost accuracy: the baseline passes the gate "
     "with a small margin, so trade carefully and prefer changes that buy accuracy back. Only text between "
-    "'# autoresearch: begin {region}' and '# autoresearch: end {region}' in train.py is yours; the data "
+    "'# autoresearch: begin {region}' and '# autoresearch: end {region}' in train.py (shared by the CPU and GPU "
+    "scales of this recipe){scaled} is yours; the data "
     "handling, train()/predict()/prepare() and the evaluator are fixed."
 )
 
 
-def _t(name: str, hypothesis: str, search: str, replace: str, expected: float | None = None) -> Technique:
-    return Technique(name, hypothesis, (Edit(TRAIN, search, replace),), expected)
+def _t(name: str, hypothesis: str, search: str, replace: str, expected: float | None = None,
+       path: str = TRAIN) -> Technique:
+    return Technique(name, hypothesis, (Edit(path, search, replace),), expected)
 
 
 def _flip_alternating() -> Technique:
@@ -45,30 +56,30 @@ def _catalog_full() -> dict[str, tuple[Technique, ...]]:
             _t("compile", "torch.compile fuses the BatchNorm/GELU/residual elementwise work into the convs' "
                "neighbours; prepare() warms the compile cache untimed, so the timed run pays only cache loads. "
                "Expect 15-25% fewer seconds per seed at unchanged accuracy.",
-               "COMPILE = False\n", "COMPILE = True\n", -3.0),
+               "COMPILE = False\n", "COMPILE = True\n", -3.0, FULL),
             _t("narrower_group2", "The second conv group (15x15 maps) carries the most FLOPs; 512->384 channels "
                "cuts about a fifth of the compute for a small accuracy loss.",
-               "WIDTH2 = 512  # range: 64..768\n", "WIDTH2 = 384  # range: 64..768\n", -2.0),
+               "WIDTH2 = 512  # range: 64..768\n", "WIDTH2 = 384  # range: 64..768\n", -2.0, FULL),
             _t("float16_autocast", "float16 keeps 3 more mantissa bits than bfloat16 (the reference airbench "
                "trains in fp16): slightly better accuracy per epoch at the same speed, room to cut epochs.",
                'AMP_DTYPE = "bfloat16"  # options: bfloat16|float16|float32\n',
-               'AMP_DTYPE = "float16"  # options: bfloat16|float16|float32\n'),
+               'AMP_DTYPE = "float16"  # options: bfloat16|float16|float32\n', None, FULL),
         ),
         "opt": (
             _t("epochs_31", "The June-2024 airbench96 reaches 96.01% mean accuracy in 31 epochs (n=400); 33 is "
                "margin. Two fewer epochs is ~6% less time if accuracy holds.",
-               "EPOCHS = 33.0  # range: 5..60\n", "EPOCHS = 31.0  # range: 5..60\n", -1.5),
+               "EPOCHS = 33.0  # range: 5..60\n", "EPOCHS = 31.0  # range: 5..60\n", -1.5, FULL),
             _t("epochs_30_lr_up", "Shorter schedule with a 10% higher peak learning rate to cover the same "
                "distance: ~9% less time.",
                "EPOCHS = 33.0  # range: 5..60\nBATCH_SIZE = 1024  # range: 128..2048\nLR = 9.0  # range: 1..30\n",
                "EPOCHS = 30.0  # range: 5..60\nBATCH_SIZE = 1024  # range: 128..2048\nLR = 10.0  # range: 1..30\n",
-               -2.0),
+               -2.0, FULL),
         ),
         "aug": (
             _flip_alternating(),
             _t("translate_3", "Translate by up to 3 pixels instead of 4: milder augmentation fits faster in a "
                "short schedule (airbench94 uses 2).",
-               "TRANSLATE = 4  # range: 0..6\n", "TRANSLATE = 3  # range: 0..6\n"),
+               "TRANSLATE = 4  # range: 0..6\n", "TRANSLATE = 3  # range: 0..6\n", None, FULL),
         ),
         "loss": (
             _t("label_smoothing_0.15", "Less label smoothing sharpens the targets, which can speed fitting in a "
@@ -90,28 +101,28 @@ def _catalog_mini() -> dict[str, tuple[Technique, ...]]:
         "arch": (
             _t("narrower_group2", "The second group's 64 channels cost the most per step on CPU; 48 channels "
                "should cut ~25% of the step time for a small accuracy loss.",
-               "WIDTH2 = 64  # range: 4..512\n", "WIDTH2 = 48  # range: 4..512\n", -0.2),
+               "WIDTH2 = 64  # range: 4..512\n", "WIDTH2 = 48  # range: 4..512\n", -0.2, MINI),
             _t("narrower_group1", "24 channels in the first group (7x7 maps) instead of 32.",
-               "WIDTH1 = 32  # range: 4..256\n", "WIDTH1 = 24  # range: 4..256\n", -0.1),
+               "WIDTH1 = 32  # range: 4..256\n", "WIDTH1 = 24  # range: 4..256\n", -0.1, MINI),
         ),
         "opt": (
             _t("epochs_7", "One epoch fewer: ~12% less time; the baseline has a little accuracy margin to spend.",
-               "EPOCHS = 8.0  # range: 2..40\n", "EPOCHS = 7.0  # range: 2..40\n", -0.15),
+               "EPOCHS = 8.0  # range: 2..40\n", "EPOCHS = 7.0  # range: 2..40\n", -0.15, MINI),
             _t("epochs_7_lr_up", "One epoch fewer with a higher peak learning rate to cover the same distance: "
                "~12% less time if accuracy holds.",
                "EPOCHS = 8.0  # range: 2..40\nBATCH_SIZE = 128  # range: 16..1024\nLR = 30.0  # range: 1..60\n",
                "EPOCHS = 7.0  # range: 2..40\nBATCH_SIZE = 128  # range: 16..1024\nLR = 36.0  # range: 1..60\n",
-               -0.15),
+               -0.15, MINI),
             _t("no_lookahead", "Lookahead's EMA pulls cost a little time every few steps and may not help a "
                "schedule this short.",
                "LOOKAHEAD = True\n", "LOOKAHEAD = False\n", -0.02),
         ),
         "aug": (
             _t("flip_on", "Random horizontal flips (the CIFAR recipe's default) double the effective data.",
-               "FLIP = False\n", "FLIP = True\n"),
+               "FLIP = False\n", "FLIP = True\n", None, MINI),
             _t("cutout_off", "Cutout slows fitting; with only 8 epochs, plain translate may reach the gate "
                "sooner, allowing fewer epochs.",
-               "CUTOUT = 3  # range: 0..6\n", "CUTOUT = 0  # range: 0..6\n"),
+               "CUTOUT = 3  # range: 0..6\n", "CUTOUT = 0  # range: 0..6\n", None, MINI),
         ),
         "loss": (
             _t("label_smoothing_0.1", "Less label smoothing sharpens the targets, which can speed fitting in a "
@@ -172,7 +183,10 @@ def build_specialists(variant: str, gate: float) -> list[Specialist]:
     for name in ("arch", "opt", "aug", "loss", "reg"):
         clock = (("CPU seconds (one thread)", "recipe_cpu_seconds") if variant == "mini"
                  else ("wall-clock", "recipe_seconds"))
-        brief = _BRIEFS[name].format(**extra) + " " + _COMMON.format(gate=gate, region=name, clock=clock[0],
-                                                                      metric=clock[1])
-        out.append(Specialist(name, Surface(regions=(f"{TRAIN}::{name}",)), brief, catalog=catalog[name]))
+        scaled = name in SCALED
+        brief = _BRIEFS[name].format(**extra) + " " + _COMMON.format(
+            gate=gate, region=name, clock=clock[0], metric=clock[1],
+            scaled=f" and in {scale_file(variant)} (this scale's values)" if scaled else "")
+        regions = (f"{TRAIN}::{name}",) + ((f"{scale_file(variant)}::{name}",) if scaled else ())
+        out.append(Specialist(name, Surface(regions=regions), brief, catalog=catalog[name]))
     return out

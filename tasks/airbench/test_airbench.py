@@ -15,7 +15,7 @@ would be a keep is re-run right after the best is re-run, and kept only if it st
 Gate: ``acc_mean`` (test accuracy averaged over the seeds) >= the threshold, else the trial is a gate_miss;
 each seed must also leave a valid ``predictions.npy`` (``outputs_valid``).
 
-Variants:
+Variants: one recipe (``recipe/``: ``train.py`` shared, ``scale_<variant>.py`` the declared scale) at two scales:
 - full: CIFAR-10 (50,000 train / 10,000 test, 3x32x32) on a GPU; 10 seeds; gate acc_mean >= 0.96.
 - mini: scikit-learn's 8x8 digits (1,297 train / 500 test, 1x8x8) on one CPU thread; 4 seeds; gate
   acc_mean >= 0.978 (the baseline has about 0.4 points of margin).
@@ -83,9 +83,12 @@ def evaluator_options(variant: str) -> dict:
     return opts
 
 
+RECIPE = HERE / "recipe"   # one recipe; its scale files (scale_mini.py, scale_full.py) are chosen by the variant
+
+
 @pytest.fixture
 def baseline_recipe(autoresearch_variant: str) -> Path:
-    return HERE / f"recipe_{autoresearch_variant}"
+    return RECIPE
 
 
 @pytest.fixture

@@ -20,6 +20,12 @@ from pytest_autoresearch.runtime import EvalContext
 HERE = Path(__file__).resolve().parent
 EVALUATOR = HERE / "airbench_evaluator.py"
 REGIONS = ("arch", "opt", "aug", "loss", "reg")
+RECIPE = HERE / "recipe"
+SCALE_FULL = "scale_full.py"
+
+
+def _recipe_files() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(RECIPE.glob("*.py"))}
 
 
 def _load(name: str, path: Path):
@@ -174,15 +180,15 @@ def _execute(tmp: Path, recipe: Path, variant: str, seeds, options=None):
 
 
 def _shrunk_full_recipe(dest: Path) -> Path:
-    """recipe_full with the network and schedule shrunk to run on CPU in seconds (same code paths)."""
-    shutil.copytree(HERE / "recipe_full", dest)
-    src = (dest / "train.py").read_text()
-    edits = [Edit("train.py", a, b) for a, b in [
+    """The recipe with its full scale shrunk to run on CPU in seconds (the full scale's code paths)."""
+    shutil.copytree(HERE / "recipe", dest)
+    src = (dest / SCALE_FULL).read_text()
+    edits = [Edit(SCALE_FULL, a, b) for a, b in [
         ("WIDTH1 = 128  #", "WIDTH1 = 8  #"), ("WIDTH2 = 512  #", "WIDTH2 = 16  #"),
         ("WIDTH3 = 512  #", "WIDTH3 = 16  #"), ("EPOCHS = 33.0  #", "EPOCHS = 8.0  #"),
         ("BATCH_SIZE = 1024  #", "BATCH_SIZE = 16  #"), ("LR = 9.0  #", "LR = 30.0  #"),
         ("EVAL_BATCH = 2000", "EVAL_BATCH = 8")]]
-    (dest / "train.py").write_text(apply_edits({"train.py": src}, edits)["train.py"])
+    (dest / SCALE_FULL).write_text(apply_edits({SCALE_FULL: src}, edits)[SCALE_FULL])
     return dest
 
 
@@ -202,7 +208,7 @@ def test_full_recipe_smoke_on_cpu_through_phases(tmp_path):
 
 
 def test_mini_baseline_through_phases_is_accurate(tmp_path):
-    rec, _ = _execute(tmp_path, HERE / "recipe_mini", "mini", seeds=(0,))
+    rec, _ = _execute(tmp_path, RECIPE, "mini", seeds=(0,))
     m = rec["metrics"]
     assert m["outputs_valid"] is True and m["n_test"] == 500
     assert m["acc_mean"] >= 0.96, m  # the baseline reaches ~0.98 on every seed measured
@@ -213,18 +219,38 @@ def test_mini_baseline_through_phases_is_accurate(tmp_path):
 
 @pytest.mark.parametrize("variant", ["mini", "full"])
 def test_catalog_edits_apply_inside_their_region_and_compile(variant):
-    files = {"train.py": (HERE / f"recipe_{variant}" / "train.py").read_text()}
+    files = _recipe_files()
+    assert set(files) == {"train.py", "scale_mini.py", "scale_full.py"}
     assert set(REGIONS) <= set(region_names(files["train.py"]))
+    assert set(specs.SCALED) == set(region_names(files[f"scale_{variant}.py"]))
     team = specs.build_specialists(variant, task.GATE[variant])
     assert [s.name for s in team] == list(REGIONS)
     for s in team:
         assert 1 <= len(s.catalog) <= 3, s.name
         assert str(task.GATE[variant]) in s.brief
+        # A specialist never owns the other scale's file: what it finds at one scale is that scale's values.
+        assert not s.surface.touches(f"scale_{'full' if variant == 'mini' else 'mini'}.py"), s.name
         for t in s.catalog:
             after = apply_edits(files, t.edits)
             assert after != files, t.name
             check_surface(files, after, s.surface, s.name)
-            check_compiles(after, {"train.py"})
+            check_compiles(after, {e.path for e in t.edits})
+
+
+def test_one_recipe_the_scales_declare_only_what_differs():
+    """Both scales run the same train.py; each scale file binds the same names (and nothing of the code)."""
+    import ast
+
+    names = {}
+    for v in ("mini", "full"):
+        tree = ast.parse((RECIPE / f"scale_{v}.py").read_text())
+        assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Import,
+                                                             ast.ImportFrom))], v
+        names[v] = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets}
+    assert names["mini"] - {"WIDTH3"} == names["full"] - {"WIDTH3"}  # full adds a third conv group
+    shared = {t.id for n in ast.parse((RECIPE / "train.py").read_text()).body if isinstance(n, ast.Assign)
+              for t in n.targets}
+    assert not shared & names["mini"], shared & names["mini"]   # a knob lives in one place
 
 
 def test_variants_have_their_own_catalog_budget_and_gate():
@@ -234,9 +260,9 @@ def test_variants_have_their_own_catalog_budget_and_gate():
     assert task.budget_for("full").seeds == tuple(range(10)) and task.budget_for("full").prepare_seconds > 0
     assert task.budget_for("mini").threads == 1 and "torch" in task.budget_for("mini").preload
     for variant in ("mini", "full"):
-        text = (HERE / f"recipe_{variant}" / "train.py").read_text()
-        # The baseline itself never touches evaluator-owned data.
-        assert not any(__import__("re").search(p, text) for p in task.FORBIDDEN[variant]), variant
+        for text in _recipe_files().values():
+            # The baseline itself never touches evaluator-owned data.
+            assert not any(__import__("re").search(p, text) for p in task.FORBIDDEN[variant]), variant
 
 
 def test_full_prepare_warms_up_on_random_tensors_without_data(tmp_path, monkeypatch):
@@ -244,13 +270,15 @@ def test_full_prepare_warms_up_on_random_tensors_without_data(tmp_path, monkeypa
     recipe = _shrunk_full_recipe(tmp_path / "recipe")
     mod = _load("airbench_recipe_full_shrunk", recipe / "train.py")
     compiled = []
-    monkeypatch.setattr(mod, "COMPILE", True)
     monkeypatch.setattr(mod, "maybe_compile", lambda net: compiled.append(net) or net)  # CPU: skip inductor
     ctx = types.SimpleNamespace(seed=0, seeds=(0,), out_dir=None, data_dir=None, cache_dir=tmp_path, device="cpu",
                                 variant="full", threads=1, options={})
+    # COMPILE is a setting of the scale: turn it on in the full scale file prepare() binds.
+    (recipe / SCALE_FULL).write_text((recipe / SCALE_FULL).read_text().replace("COMPILE = False", "COMPILE = True"))
     mod.prepare(ctx)
-    assert len(compiled) == 1 and compiled[0].whiten.weight.shape[1] == mod.IMAGE_SHAPE[0]
-    monkeypatch.setattr(mod, "COMPILE", False)
+    assert len(compiled) == 1 and compiled[0].whiten.weight.shape[1] == mod.IMAGE_SHAPE[0] == 3
+    assert [g.conv1.out_channels for g in compiled[0].groups] == [8, 16, 16]   # the shrunk full scale's widths
+    (recipe / SCALE_FULL).write_text((recipe / SCALE_FULL).read_text().replace("COMPILE = True", "COMPILE = False"))
     compiled.clear()
     mod.prepare(ctx)  # nothing to warm up without compile
     assert compiled == []

@@ -52,7 +52,12 @@ def _t(name: str, hypothesis: str, *edits: tuple[str, str, str], expected_delta:
     return Technique(name, hypothesis, tuple(Edit(p, s, r) for p, s, r in edits), expected_delta)
 
 
-# Techniques whose text exists in both variants' baseline files.
+# The recipe is one folder at two scales: train.py, gpt.py, tokenizer.py and dataloader.py are shared, and
+# scale_mini.py / scale_full.py declare what differs (sizes, data source, device settings).
+RECIPE = HERE / "recipe"
+MINI, FULL = "scale_mini.py", "scale_full.py"
+
+# Techniques on the shared code: the same edit at both scales.
 COMMON_CATALOG: dict[str, tuple[Technique, ...]] = {
     "arch": (
         _t("x0_residual", "Per-layer learnable mixing of the normalized input embedding back into the residual "
@@ -100,17 +105,17 @@ COMMON_CATALOG: dict[str, tuple[Technique, ...]] = {
 MINI_CATALOG: dict[str, tuple[Technique, ...]] = {
     "arch": (
         _t("depth3", "One more layer (width 192, 2 heads of 96) is worth its slower steps.",
-           ("train.py", "DEPTH = 2  # range: 2..4", "DEPTH = 3  # range: 2..4")),
+           (MINI, "DEPTH = 2  # range: 2..4", "DEPTH = 3  # range: 2..4")),
         _t("short_context", "128-token rows: the tasks are short, attention is cheaper.",
-           ("train.py", "SEQUENCE_LEN = 256  # range: 64..512", "SEQUENCE_LEN = 128  # range: 64..512")),
+           (MINI, "SEQUENCE_LEN = 256  # range: 64..512", "SEQUENCE_LEN = 128  # range: 64..512")),
     ),
     "data": (
         _t("more_procedural", "A larger share of procedural blocks lifts the three symbolic tasks more than it "
-           "costs the text tasks.", ("train.py", "procedural_fraction=0.3,", "procedural_fraction=0.45,")),
+           "costs the text tasks.", (MINI, "procedural_fraction=0.3,", "procedural_fraction=0.45,")),
         _t("smaller_batch", "Half the batch doubles the number of optimizer steps in the same time.",
-           ("train.py", "TOTAL_BATCH_TOKENS = 2048  # range: 256..65536",
+           (MINI, "TOTAL_BATCH_TOKENS = 2048  # range: 256..65536",
             "TOTAL_BATCH_TOKENS = 1024  # range: 256..65536"),
-           ("train.py", "DEVICE_BATCH_SIZE = 8  # range: 1..64", "DEVICE_BATCH_SIZE = 4  # range: 1..64")),
+           (MINI, "DEVICE_BATCH_SIZE = 8  # range: 1..64", "DEVICE_BATCH_SIZE = 4  # range: 1..64")),
     ),
     "sched": (_t("fast_momentum_warmup", "Reach Muon's final momentum within 50 steps: a CPU run has only 160.",
                  ("train.py", "MUON_MOMENTUM_WARMUP_STEPS = 300  # range: 1..1000",
@@ -124,51 +129,55 @@ FULL_CATALOG: dict[str, tuple[Technique, ...]] = {
             "        from torch.nn.attention import SDPBackend, sdpa_kernel\n"
             "        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):\n"
             "            return F.scaled_dot_product_attention(q, k, v, is_causal=True)")),
-        _t("no_compile", "Eager mode: no compile time at all.", ("train.py", "COMPILE = True", "COMPILE = False")),
+        _t("no_compile", "Eager mode: no compile time at all.", (FULL, "COMPILE = True", "COMPILE = False")),
     ),
     "data": (_t("batch_1m", "A 1M-token batch (nanochat's later d12 default) with fewer, better steps.",
-                ("train.py", "TOTAL_BATCH_TOKENS = 524288  # range: 65536..2097152",
+                (FULL, "TOTAL_BATCH_TOKENS = 524288  # range: 65536..2097152",
                  "TOTAL_BATCH_TOKENS = 1048576  # range: 65536..2097152")),),
     "arch": (_t("depth14", "Two more layers trade tokens for capacity under the same clock.",
-                ("train.py", "DEPTH = 12  # range: 8..16", "DEPTH = 14  # range: 8..16")),),
+                (FULL, "DEPTH = 12  # range: 8..16", "DEPTH = 14  # range: 8..16")),),
 }
 
 BRIEFS = {
     "arch": "You own the model: gpt.py's arch region (GPTConfig, attention, MLP, blocks, init, forward) and the "
-            "sizing knobs in train.py's arch region (depth, aspect ratio, head dim, context). Keep "
+            "sizing knobs in the arch regions of train.py (aspect ratio, head dim) and of the scale file (depth, "
+            "context). Keep "
             "GPT(config)(idx) -> logits and the loss path; the evaluator rebuilds the model from the saved config.",
     "opt": "You own the optimizers: Muon (Newton-Schulz orthogonalized momentum) for block matrices and AdamW for "
            "embedding/lm_head in gpt.py's opt region, and learning rates, betas, weight decay, clipping in "
            "train.py's opt region.",
-    "data": "You own what the model reads: batch size, tokens per step and the training mixture (train.py's data "
-            "region). In mini, procedural_fraction sets the share of dyck / repeat-copy / operator blocks mixed "
+    "data": "You own what the model reads: batch size, tokens per step and the training mixture (the scale file's "
+            "data region). In mini, procedural_fraction sets the share of dyck / repeat-copy / operator blocks mixed "
             "into the English text.",
     "sched": "You own the training schedule: warmup/warmdown shape, final LR fraction, Muon momentum ramp and the "
-             "horizon (NUM_ITERATIONS / TARGET_PARAM_DATA_RATIO in train.py's sched region). The wall-clock cap "
+             "horizon (TARGET_PARAM_DATA_RATIO in train.py's sched region, NUM_ITERATIONS in the scale file's). "
+             "The wall-clock cap "
              "(TIME_BUDGET_S) is fixed: a horizon past it is cut short, with the schedule compressed to fit.",
-    "sys": "You own speed: the attention kernel path in gpt.py's sys region and compile / matmul precision / "
-           "autocast / logging cadence in train.py's sys region. Faster steps mean more tokens in the fixed "
+    "sys": "You own speed: the attention kernel path in gpt.py's sys region, matmul precision / autocast in "
+           "train.py's sys region and compile / logging cadence in the scale file's. Faster steps mean more tokens in the fixed "
            "budget. The model must stay causal: the evaluator checks it.",
 }
+# Shared regions; "{scale}" is the variant's scale file, whose same-named region holds that scale's values.
 REGIONS = {
-    "arch": ("train.py::arch", "gpt.py::arch"),
+    "arch": ("train.py::arch", "gpt.py::arch", "{scale}::arch"),
     "opt": ("train.py::opt", "gpt.py::opt"),
-    "data": ("train.py::data",),
-    "sched": ("train.py::sched",),
-    "sys": ("train.py::sys", "gpt.py::sys"),
+    "data": ("{scale}::data",),
+    "sched": ("train.py::sched", "{scale}::sched"),
+    "sys": ("train.py::sys", "gpt.py::sys", "{scale}::sys"),
 }
 
 
 def make_specialists(variant: str) -> list[Specialist]:
     extra = MINI_CATALOG if variant == "mini" else FULL_CATALOG
-    return [Specialist(name, Surface(regions=REGIONS[name]), BRIEFS[name],
+    scale = f"scale_{variant}.py"
+    return [Specialist(name, Surface(regions=tuple(r.format(scale=scale) for r in REGIONS[name])), BRIEFS[name],
                        catalog=COMMON_CATALOG[name] + extra.get(name, ()))
             for name in ("arch", "opt", "data", "sched", "sys")]
 
 
 @pytest.fixture
 def baseline_recipe(autoresearch_variant: str) -> Path:
-    return HERE / f"recipe_{autoresearch_variant}"
+    return RECIPE  # one recipe; the variant picks its scale file
 
 
 @pytest.fixture

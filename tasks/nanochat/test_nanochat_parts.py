@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import nanochat_core  # noqa: E402
 import nanochat_minicore as mc  # noqa: E402
-from test_nanochat import COMMON_CATALOG, FORBIDDEN, MINI_OPTIONS, make_specialists  # noqa: E402
+from test_nanochat import COMMON_CATALOG, FORBIDDEN, MINI_OPTIONS, RECIPE, make_specialists  # noqa: E402
 
 from pytest_autoresearch.edits import apply_edits, check_compiles, check_forbidden, check_surface  # noqa: E402
 
@@ -41,7 +41,7 @@ def load(path: Path, name: str, source: str | None = None) -> ModuleType:
     return mod
 
 
-gpt = load(HERE / "recipe_mini" / "gpt.py", "_nc_test_gpt")
+gpt = load(RECIPE / "gpt.py", "_nc_test_gpt")
 evaluator = load(HERE / "evaluator.py", "_nc_test_evaluator")
 sys.path.insert(0, str(HERE.parent / "corpus"))
 import corpus  # noqa: E402
@@ -255,7 +255,7 @@ def test_the_real_model_served_scores_as_in_process_and_passes_every_probe(tmp_p
     lm = served(gpt.serve_model(str(tmp_path / "model.pt")), probe_rate=1.0)
     items = {t: v[:6] for t, v in mc.build_items(HELDOUT, seed=1, n_items=6).items()}
     bundle = mc.write_bundle(tmp_path / "minicore", items)
-    tok = load(HERE / "recipe_mini" / "tokenizer.py", "_nc_test_tokenizer").ByteTokenizer()
+    tok = load(RECIPE / "tokenizer.py", "_nc_test_tokenizer").ByteTokenizer()
     got = nanochat_core.evaluate_core(lm, tok, bundle, max_seq_len=64, batch_tokens=512)
     want = nanochat_core.evaluate_core(nanochat_core.from_logits(model.eval()), tok, bundle, max_seq_len=64,
                                        batch_tokens=512)
@@ -274,8 +274,8 @@ def test_the_real_model_served_scores_as_in_process_and_passes_every_probe(tmp_p
 
 
 def test_a_non_causal_attention_edit_is_caught_through_the_served_model(tmp_path: Path) -> None:
-    src = (HERE / "recipe_mini" / "gpt.py").read_text()
-    leaky = load(HERE / "recipe_mini" / "gpt.py", "_nc_test_leaky", src.replace("is_causal=True", "is_causal=False"))
+    src = (RECIPE / "gpt.py").read_text()
+    leaky = load(RECIPE / "gpt.py", "_nc_test_leaky", src.replace("is_causal=True", "is_causal=False"))
     torch.manual_seed(0)
     model = leaky.GPT(leaky.config_for_depth(2, 320, 64))
     model.init_weights()
@@ -303,8 +303,8 @@ def test_probes_through_a_real_model_server(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "out" / "seed-0").mkdir(parents=True)
     gpt.save_checkpoint(tmp_path / "out" / "seed-0" / "model.pt", model, {"tokenizer": "bytes"})
     honest, leaky = tmp_path / "honest", tmp_path / "leaky"
-    shutil.copytree(HERE / "recipe_mini", honest)
-    shutil.copytree(HERE / "recipe_mini", leaky)
+    shutil.copytree(RECIPE, honest)
+    shutil.copytree(RECIPE, leaky)
     (leaky / "gpt.py").write_text((honest / "gpt.py").read_text().replace("is_causal=True", "is_causal=False"))
     monkeypatch.chdir(tmp_path)
     sandbox = sandbox_to_json(Sandbox(detect("auto"), Limits(), protected=[HERE]))
@@ -370,7 +370,7 @@ def test_model_server_cannot_read_heldout_files(tmp_path: Path, monkeypatch: pyt
         f.write_text('{"id": "x", "text": "held out"}\n')
     (dirs["out/seed-0"] / "model.pt").write_bytes(b"weights")
     ws = tmp_path / "ws"
-    shutil.copytree(HERE / "recipe_mini", ws)
+    shutil.copytree(RECIPE, ws)
     targets = [str(p) for p in (*secret.values(), HERE / "evaluator.py", HERE.parent / "corpus" / "english.jsonl.gz")]
     (ws / "spy.py").write_text(f"""
 import os
@@ -420,8 +420,8 @@ def make(artifact, device="cpu"):
 
 
 def test_manual_attention_path_matches_sdpa() -> None:
-    src = (HERE / "recipe_mini" / "gpt.py").read_text()
-    manual = load(HERE / "recipe_mini" / "gpt.py", "_nc_test_manual",
+    src = (RECIPE / "gpt.py").read_text()
+    manual = load(RECIPE / "gpt.py", "_nc_test_manual",
                   src.replace('ATTENTION = "sdpa"', 'ATTENTION = "manual"'))
     torch.manual_seed(0)
     a = gpt.GPT(gpt.config_for_depth(2, 320, 32))
@@ -436,18 +436,27 @@ def test_manual_attention_path_matches_sdpa() -> None:
         assert torch.allclose(a(idx), b(idx), atol=1e-4)
 
 
-def test_shared_code_is_identical_in_both_variants() -> None:
-    for name in ("gpt.py", "tokenizer.py"):
-        assert (HERE / "recipe_mini" / name).read_text() == (HERE / "recipe_full" / name).read_text(), name
-    loops = [(HERE / f"recipe_{v}" / "train.py").read_text().rsplit("# autoresearch: end", 1)[1]
-             for v in ("mini", "full")]
-    assert loops[0] == loops[1], "the training loop (after the last region) must be the same in both variants"
+def test_one_recipe_whose_scales_declare_only_values() -> None:
+    """Both variants run the same code: the scale files bind the same names, values only (no code), and no
+    name is declared twice."""
+    import ast
+
+    assert sorted(p.name for p in RECIPE.glob("*.py")) == ["dataloader.py", "gpt.py", "scale_full.py",
+                                                          "scale_mini.py", "tokenizer.py", "train.py"]
+    names = {}
+    for v in ("mini", "full"):
+        tree = ast.parse((RECIPE / f"scale_{v}.py").read_text())
+        assert all(isinstance(n, (ast.Assign, ast.Expr)) for n in tree.body), v
+        names[v] = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets}
+    assert names["mini"] == names["full"]
+    shared = {t.id for n in ast.parse((RECIPE / "train.py").read_text()).body if isinstance(n, ast.Assign)
+              for t in n.targets}
+    assert not shared & names["mini"]
 
 
 @pytest.mark.parametrize("variant", ["mini", "full"])
 def test_catalog_techniques_apply_inside_their_surface(variant: str) -> None:
-    recipe = HERE / f"recipe_{variant}"
-    files = {p.name: p.read_text() for p in recipe.glob("*.py")}
+    files = {p.name: p.read_text() for p in RECIPE.glob("*.py")}
     specs = make_specialists(variant)
     assert [s.name for s in specs] == ["arch", "opt", "data", "sched", "sys"]
     for spec in specs:
@@ -456,6 +465,8 @@ def test_catalog_techniques_apply_inside_their_surface(variant: str) -> None:
             check_surface(files, after, spec.surface, spec.name)
             check_compiles(after, {e.path for e in tech.edits})
             check_forbidden(files, after, FORBIDDEN)
+        # What a specialist finds at this scale never edits the other scale's values.
+        assert not spec.surface.touches(f"scale_{'full' if variant == 'mini' else 'mini'}.py")
     assert all(COMMON_CATALOG[k] for k in ("arch", "opt", "sched", "sys"))
 
 
@@ -477,11 +488,11 @@ def write_bin(path: Path, tokens: list[int]) -> None:
 
 
 def test_bin_shards_feed_the_full_loader_and_the_validation_reader(tmp_path: Path) -> None:
-    dl = load(HERE / "recipe_full" / "dataloader.py", "_nc_test_full_dataloader")
+    dl = load(RECIPE / "dataloader.py", "_nc_test_dataloader")
     (tmp_path / "shards").mkdir()
     toks = [50256, 1, 2, 3, 50256, 4, 5, 6, 7]
     write_bin(tmp_path / "shards" / "fineweb_train_000001.bin", toks)
-    batches = dl.make_loader(SimpleNamespace(data_dir=tmp_path), FakeGPT2(), 2, 2, "cpu")
+    batches = dl.make_loader(SimpleNamespace(data_dir=tmp_path), FakeGPT2(), 2, 2, "cpu", source="shards")
     x, y = next(batches)
     assert x.tolist() == [[50256, 1], [2, 3]] and y.tolist() == [[1, 2], [3, 50256]]
     x, y = next(batches)
@@ -490,28 +501,33 @@ def test_bin_shards_feed_the_full_loader_and_the_validation_reader(tmp_path: Pat
     assert docs == [([1, 2, 3], 5), ([4, 5, 6, 7], 6)]  # odd ids are 2 bytes, even ids 1 byte
     with pytest.raises(ValueError, match="TOKENIZER = 'gpt2'"):
         next(dl.make_loader(SimpleNamespace(data_dir=tmp_path), SimpleNamespace(name="bytes", bos_id=256), 1, 2,
-                            "cpu"))
+                            "cpu", source="shards"))
+    with pytest.raises(ValueError, match="unknown DATA_SOURCE"):
+        dl.make_loader(SimpleNamespace(data_dir=tmp_path), FakeGPT2(), 1, 2, "cpu", source="nope")
 
 
 def test_jsonl_shards_are_tokenized_with_bos_per_document(tmp_path: Path) -> None:
-    dl = load(HERE / "recipe_full" / "dataloader.py", "_nc_test_full_dataloader")
-    tok = load(HERE / "recipe_full" / "tokenizer.py", "_nc_test_tokenizer").ByteTokenizer()
+    dl = load(RECIPE / "dataloader.py", "_nc_test_dataloader")
+    tok = load(RECIPE / "tokenizer.py", "_nc_test_tokenizer").ByteTokenizer()
     (tmp_path / "shards").mkdir()
     with gzip.open(tmp_path / "shards" / "shard_00000.jsonl.gz", "wt") as f:
         f.write(json.dumps({"text": "ab"}) + "\n" + json.dumps({"text": "cd"}) + "\n")
-    x, y = next(dl.make_loader(SimpleNamespace(data_dir=tmp_path), tok, 1, 5, "cpu"))
+    x, y = next(dl.make_loader(SimpleNamespace(data_dir=tmp_path), tok, 1, 5, "cpu", source="shards"))
     assert x.tolist() == [[256, 97, 98, 256, 99]] and y.tolist() == [[97, 98, 256, 99, 100]]
 
 
 # -- both variants through the real phases --------------------------------------------------------------------
 
 def patched_recipe(src: Path, dst: Path, changes: dict[str, str]) -> Path:
+    """A copy of the recipe with each ``old`` text replaced where it occurs once (train.py or a scale file)."""
     shutil.copytree(src, dst)
-    text = (dst / "train.py").read_text()
+    files = {p: p.read_text() for p in [dst / "train.py", *dst.glob("scale_*.py")]}
     for old, new in changes.items():
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    (dst / "train.py").write_text(text)
+        where = [p for p, text in files.items() if old in text]
+        assert len(where) == 1 and files[where[0]].count(old) == 1, old
+        files[where[0]] = files[where[0]].replace(old, new)
+    for p, text in files.items():
+        p.write_text(text)
     return dst
 
 
@@ -555,7 +571,7 @@ def run_phases(tmp: Path, recipe: Path, variant: str, options: dict) -> dict:
 
 
 def test_mini_baseline_runs_through_phases_and_is_scored(tmp_path: Path) -> None:
-    recipe = patched_recipe(HERE / "recipe_mini", tmp_path / "recipe", {
+    recipe = patched_recipe(RECIPE, tmp_path / "recipe", {
         "NUM_ITERATIONS = 160": "NUM_ITERATIONS = 4"})
     options = dict(MINI_OPTIONS, items_per_task=20, procedural_blocks=60, bpb_bytes=4000)
     m = run_phases(tmp_path, recipe, "mini", options)
@@ -584,7 +600,7 @@ def test_full_variant_runs_through_phases_on_toy_shards_and_bundle(tmp_path: Pat
             for _ in range(40):
                 f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(30))}) + "\n")
     bundle = write_bundle(tmp_path / "eval_bundle", TASKS, ITEMS, BASELINES)
-    recipe = patched_recipe(HERE / "recipe_full", tmp_path / "recipe", {
+    recipe = patched_recipe(RECIPE, tmp_path / "recipe", {
         'TOKENIZER = "gpt2"': 'TOKENIZER = "bytes"', "DEPTH = 12": "DEPTH = 1",
         "SEQUENCE_LEN = 2048": "SEQUENCE_LEN = 64",
         "DEVICE_BATCH_SIZE = 32": "DEVICE_BATCH_SIZE = 2", "TOTAL_BATCH_TOKENS = 524288": "TOTAL_BATCH_TOKENS = 256",

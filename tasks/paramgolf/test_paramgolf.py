@@ -17,8 +17,10 @@ Rules (each enforced by the evaluator; a violation is labelled, never scored):
 - mini: the tokenizer must be lossless (its pieces concatenate back to the exact bytes) -> gate_miss.
 - The recipe gets only the training split (ctx.data_dir); never try to read validation data.
 
-Recipe layout: ``train.py`` (hyperparameters in marked regions, training loop, ``train(ctx)`` saves
-``ctx.out_dir/model.ptz``) and ``model.py`` (the GPT, tokenizer, quantization, ``load_artifact``).
+Recipe layout: one recipe (``recipe/``) at two scales. ``train.py`` (hyperparameters in marked regions, training
+loop, ``train(ctx)`` saves ``ctx.out_dir/model.ptz``) and ``model.py`` (the GPT, tokenizer, quantization,
+``load_artifact``) are shared; ``scale_mini.py`` / ``scale_full.py`` declare what the scale decides (sizes, data
+format, clock, evaluation context), in regions named like train.py's.
 mini: byte-level tokenizer (byte260: 4 specials + 256 bytes, optional learned BPE merges) on a public-domain
 English corpus, ~25 s of training on 2 CPU cores. full: the public baseline on FineWeb sp1024 shards.
 """
@@ -33,10 +35,11 @@ from pytest_autoresearch import (ArtifactBytesAtMost, Budget, Edit, Evaluator, M
                                  Surface, Technique)
 
 HERE = Path(__file__).resolve().parent
+RECIPE = HERE / "recipe"
 
-# mini cap: the baseline's artifact (model ~137 kB + recipe files ~27 kB) plus ~4% slack, so one more layer or a
-# wider model does not fit without a better quantization or compression.
-MINI_ARTIFACT_BYTES = 170_000
+# mini cap: the baseline's artifact (model ~137 kB + recipe files ~35 kB: both scales' files count) plus ~4% slack,
+# so one more layer or a wider model does not fit without a better quantization or compression.
+MINI_ARTIFACT_BYTES = 178_300
 FULL_ARTIFACT_BYTES = 16_000_000
 MINI_VAL_BYTES = 100_000
 
@@ -57,7 +60,7 @@ def baseline_recipe(autoresearch_variant: str) -> Path:
         if not Path(opts["data_path"] or "/nonexistent").is_dir() or not Path(opts["tokenizer_path"] or "/-").is_file():
             pytest.skip("paramgolf full variant: set PARAMGOLF_DATA_PATH (fineweb10B_sp1024 shards) and "
                         "PARAMGOLF_TOKENIZER_PATH (fineweb_1024_bpe.model); see tasks/paramgolf/README.md")
-    return HERE / f"recipe_{autoresearch_variant}"
+    return RECIPE  # one recipe; the variant picks its scale file
 
 
 @pytest.fixture
@@ -104,8 +107,8 @@ def _set(path: str, old: str, new: str) -> Edit:
 
 def _specialists(variant: str) -> list[Specialist]:
     mini = variant == "mini"
-    T, Mo = "train.py", "model.py"
-    arch = Specialist("arch", Surface(regions=(f"{T}::arch", f"{Mo}::arch")),
+    T, Mo, S = "train.py", "model.py", f"scale_{variant}.py"  # S: this scale's values (sizes, clock, context)
+    arch = Specialist("arch", Surface(regions=(f"{T}::arch", f"{Mo}::arch", f"{S}::arch")),
                       "Model shape and blocks: depth, width, heads/KV heads, MLP width and activation, RoPE, "
                       "qk-gain, U-net skips. Every parameter costs artifact bytes: stay under the cap.",
                       catalog=(
@@ -113,15 +116,15 @@ def _specialists(variant: str) -> list[Specialist]:
                                     "beat ReLU^2 in public records.",
                                     (_set(Mo, 'activation = "relu2"', 'activation = "leaky_relu2"'),), -0.005),
                           Technique("one-kv-head", "A single KV head frees bytes at little quality cost.",
-                                    (_set(T, "num_kv_heads = 2", "num_kv_heads = 1") if mini else
-                                     _set(T, "num_kv_heads = 4", "num_kv_heads = 2"),), 0.002),
+                                    (_set(S, "num_kv_heads = 2", "num_kv_heads = 1") if mini else
+                                     _set(S, "num_kv_heads = 4", "num_kv_heads = 2"),), 0.002),
                           Technique("deeper-narrower", "More, narrower layers at a similar byte count.",
-                                    ((_set(T, "num_layers = 4", "num_layers = 6"),
-                                      _set(T, "model_dim = 64", "model_dim = 48")) if mini else
-                                     (_set(T, "num_layers = 9", "num_layers = 11"),
-                                      _set(T, "model_dim = 512", "model_dim = 448"))), -0.005),
+                                    ((_set(S, "num_layers = 4", "num_layers = 6"),
+                                      _set(S, "model_dim = 64", "model_dim = 48")) if mini else
+                                     (_set(S, "num_layers = 9", "num_layers = 11"),
+                                      _set(S, "model_dim = 512", "model_dim = 448"))), -0.005),
                       ))
-    opt = Specialist("opt", Surface(regions=(f"{T}::opt",)),
+    opt = Specialist("opt", Surface(regions=(f"{T}::opt", f"{S}::opt")),
                      "Optimizers and schedule: Muon for block matrices, Adam for embeddings and scalars, learning "
                      "rates, momentum warmup, warmdown, iteration count (training must fit its wall-clock budget).",
                      catalog=(
@@ -134,10 +137,10 @@ def _specialists(variant: str) -> list[Specialist]:
                                     _set(T, "muon_momentum_warmup_start = 0.85", "muon_momentum_warmup_start = 0.92")),
                                    -0.003),
                          Technique("longer-warmdown", "A longer linear warmdown lands in a flatter minimum.",
-                                   (_set(T, "warmdown_frac = 0.25", "warmdown_frac = 0.5") if mini else
-                                    _set(T, "warmdown_iters = 1200", "warmdown_iters = 3000"),), -0.005),
+                                   (_set(S, "warmdown_iters = 62", "warmdown_iters = 125") if mini else
+                                    _set(S, "warmdown_iters = 1200", "warmdown_iters = 3000"),), -0.005),
                      ))
-    quant = Specialist("quant", Surface(regions=(f"{T}::quant", f"{Mo}::quant")),
+    quant = Specialist("quant", Surface(regions=(f"{T}::quant", f"{Mo}::quant", f"{S}::quant")),
                        "Export: bits per weight, clipping, which tensors stay float, compressor. The score is "
                        "measured after this round trip, and the compressed size counts against the cap.",
                        catalog=(
@@ -169,18 +172,18 @@ def _specialists(variant: str) -> list[Specialist]:
                           Technique("softcap-15", "A tighter logit soft-cap regularizes confident predictions.",
                                     (_set(T, "logit_softcap = 30.0", "logit_softcap = 15.0"),), -0.002),
                       ))
-    evl = Specialist("eval", Surface(regions=(f"{T}::eval", f"{Mo}::eval")),
+    evl = Specialist("eval", Surface(regions=(f"{T}::eval", f"{Mo}::eval", f"{S}::eval")),
                      "Evaluation context: window length, sliding-window stride (more context per scored token at "
                      "more eval compute, within the eval budget), temperature. Must stay causal and normalized.",
                      catalog=(
                          Technique("sliding-window", "Scoring only the last half of overlapping windows gives every "
                                    "token more context.",
-                                   (_set(T, "eval_stride = 128", "eval_stride = 64") if mini else
-                                    _set(T, "eval_stride = 1024", "eval_stride = 256"),), -0.02),
+                                   (_set(S, "eval_stride = 128", "eval_stride = 64") if mini else
+                                    _set(S, "eval_stride = 1024", "eval_stride = 256"),), -0.02),
                          Technique("temperature", "A slightly lower temperature sharpens an under-confident model.",
                                    (_set(T, "eval_temperature = 1.0", "eval_temperature = 0.95"),), -0.002),
                      ))
-    curr = Specialist("curr", Surface(regions=(f"{T}::curr",)),
+    curr = Specialist("curr", Surface(regions=(f"{T}::curr", f"{S}::curr")),
                       "Data curriculum: sequence length, batch size, short-sequence warmup, sampling order.",
                       catalog=(
                           Technique("short-seq-warmup", "Short sequences early make early steps cheaper and more "
@@ -188,17 +191,18 @@ def _specialists(variant: str) -> list[Specialist]:
                           Technique("smaller-batch" if mini else "longer-context",
                                     "More, smaller steps help when the budget is short." if mini else
                                     "Training at 2048 context teaches longer-range structure.",
-                                    (_set(T, "train_batch_seqs = 16", "train_batch_seqs = 12") if mini else
-                                     _set(T, "train_seq_len = 1024", "train_seq_len = 2048"),), -0.003),
+                                    (_set(S, "train_batch_tokens = 2048", "train_batch_tokens = 1536"),
+                                     _set(S, "micro_batch_tokens = 2048", "micro_batch_tokens = 1536")) if mini else
+                                    (_set(S, "train_seq_len = 1024", "train_seq_len = 2048"),), -0.003),
                       ))
     out = [arch, opt, quant, reg, loss, evl, curr]
     if mini:
-        out.append(Specialist("tok", Surface(regions=(f"{T}::tok", f"{Mo}::tok")),
+        out.append(Specialist("tok", Surface(regions=(f"{S}::tok", f"{Mo}::tok")),
                               "Tokenizer: byte-level with learned BPE merges (lossless; bpb counts exact bytes). "
                               "More merges shorten sequences but grow the embedding, which costs bytes.",
                               catalog=(
                                   Technique("bpe-64", "64 merges of frequent byte pairs shorten sequences by ~20%.",
-                                            (_set(T, "bpe_merges = 0", "bpe_merges = 64"),), -0.02),
+                                            (_set(S, "bpe_merges = 0", "bpe_merges = 64"),), -0.02),
                               )))
     # full: the shards are pre-tokenized with the fixed sp1024 vocabulary, so there is no tokenizer surface.
     return out

@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE))
 import pg_data  # noqa: E402
 import test_paramgolf as task  # noqa: E402
 
-MINI, FULL = HERE / "recipe_mini", HERE / "recipe_full"
-FAST = [("iterations = 250", "iterations = 3")]
+RECIPE = MINI = FULL = HERE / "recipe"   # one recipe; the phase's variant picks its scale file
+FAST = [("iterations = 250", "iterations = 3"), ("warmdown_iters = 62", "warmdown_iters = 0")]  # 3 full-LR steps
 VAL_BYTES = 16_000  # a prefix of the validation split keeps these tests fast; the task scores all of it
 OPTIONS = {"val_fraction": 0.1, "val_max_bytes": VAL_BYTES}
 EVERY_BATCH = {"probe_rate": 1.0}  # a twin for every scoring batch: a leak must show every time
@@ -45,7 +45,7 @@ def _load(path: Path, name: str) -> types.ModuleType:
 
 
 def _recipe(tmp: Path, name: str, src: Path = MINI, **edits: list[tuple[str, str]]) -> Path:
-    """A copy of a recipe with exact-once text replacements per file (``train_py=[(old, new)]``)."""
+    """A copy of a recipe with exact-once text replacements per file (``scale_mini_py=[(old, new)]``)."""
     dst = tmp / name
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     for key, pairs in edits.items():
@@ -148,7 +148,7 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Runner:
 @pytest.fixture(scope="module")
 def baseline_fast(runner: Runner, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
     """Three training steps, scored with a causality twin for every batch (so no honest batch shape trips it)."""
-    recipe = _recipe(tmp_path_factory.mktemp("recipes"), "fast", train_py=FAST)
+    recipe = _recipe(tmp_path_factory.mktemp("recipes"), "fast", scale_mini_py=FAST)
     metrics, out = runner.train_eval(recipe, "fast", options=EVERY_BATCH)
     return metrics, out, recipe
 
@@ -230,11 +230,11 @@ def test_a_missing_artifact_is_the_recipes_crash(runner: Runner, tmp_path: Path)
 # --- size cap ---------------------------------------------------------------------------------------------------
 
 def test_doubling_width_is_size_blocked(runner: Runner, tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "wide", train_py=FAST + [("model_dim = 64", "model_dim = 128")])
+    recipe = _recipe(tmp_path, "wide", scale_mini_py=FAST + [("model_dim = 64", "model_dim = 128")])
     metrics, _ = runner.train_eval(recipe, "wide")
     assert metrics["artifact_bytes"] > task.MINI_ARTIFACT_BYTES
     label, reason = run_checks(_checks(), metrics, MINI_BUDGET)
-    assert label == "size_blocked" and "cap 170,000" in reason
+    assert label == "size_blocked" and f"cap {task.MINI_ARTIFACT_BYTES:,}" in reason
 
 
 # --- causality and normalization ----------------------------------------------------------------------------
@@ -541,7 +541,7 @@ def test_full_recipe_is_staged_trained_and_scored_on_small_shards(runner: Runner
             ("iterations = 20000", "iterations = 2"), ("train_batch_tokens = 524288", "train_batch_tokens = 256"),
             ("micro_batch_tokens = 65536", "micro_batch_tokens = 128"), ("train_seq_len = 1024", "train_seq_len = 64"),
             ("eval_seq_len = 1024", "eval_seq_len = 64"), ("eval_stride = 1024", "eval_stride = 32")]
-    recipe = _recipe(tmp_path, "full_tiny", src=FULL, train_py=tiny)
+    recipe = _recipe(tmp_path, "full_tiny", src=FULL, scale_full_py=tiny)
     data = tmp_path / "fineweb10B_sp1024"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -587,8 +587,7 @@ def test_full_stage_without_data_says_how_to_get_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("variant", ["mini", "full"])
 def test_catalog_techniques_apply_once_inside_their_surfaces(variant: str) -> None:
-    recipe = HERE / f"recipe_{variant}"
-    files = {p.name: p.read_text() for p in recipe.glob("*.py")}
+    files = {p.name: p.read_text() for p in RECIPE.glob("*.py")}
     specs = task._specialists(variant)
     assert {s.name for s in specs} >= {"arch", "opt", "quant", "reg", "loss", "eval", "curr"}
     for spec in specs:
@@ -598,11 +597,28 @@ def test_catalog_techniques_apply_once_inside_their_surfaces(variant: str) -> No
             check_surface(files, after, spec.surface, spec.name)
             for e in tech.edits:
                 compile(after[e.path], e.path, "exec")
+        # What a specialist finds at this scale never edits the other scale's values.
+        assert not spec.surface.touches(f"scale_{'full' if variant == 'mini' else 'mini'}.py"), spec.name
 
 
-def test_recipes_share_model_code_and_forbid_validation_paths() -> None:
-    assert (MINI / "model.py").read_text() == (FULL / "model.py").read_text()
-    files = {"train.py": (MINI / "train.py").read_text()}
+def test_one_recipe_two_scales_and_no_validation_paths() -> None:
+    import ast
+
+    assert sorted(p.name for p in RECIPE.glob("*.py")) == ["model.py", "scale_full.py", "scale_mini.py", "train.py"]
+    names = {}
+    for v in ("mini", "full"):   # a scale declares values only, and no name train.py also declares
+        tree = ast.parse((RECIPE / f"scale_{v}.py").read_text())
+        assert all(isinstance(n, (ast.Assign, ast.Expr)) for n in tree.body), v
+        names[v] = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                    if isinstance(t, ast.Name)} | {e.id for n in tree.body if isinstance(n, ast.Assign)
+                                                   for t in n.targets if isinstance(t, ast.Tuple) for e in t.elts}
+    shared = {t.id for n in ast.parse((RECIPE / "train.py").read_text()).body if isinstance(n, ast.Assign)
+              for t in n.targets if isinstance(t, ast.Name)}
+    assert not shared & (names["mini"] | names["full"])
+    # byte260 adds a tokenizer (tok region) and sampling; sp1024 shards have a fixed vocabulary.
+    assert names["mini"] - names["full"] == {"bpe_merges", "bpe_sample_bytes", "sampling"}
+    assert names["full"] - names["mini"] == {"vocab_size"}
+    files = {"train.py": (RECIPE / "train.py").read_text()}
     sneaky = dict(files, **{"train.py": files["train.py"] + '\nVAL = "../private/val.jsonl"\n'})
     with pytest.raises(SurfaceViolation):
         check_forbidden(files, sneaky, task.FORBIDDEN)
