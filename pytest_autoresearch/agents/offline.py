@@ -221,7 +221,7 @@ class OfflineAgent:
                 chosen = c
                 break
         kind, edits, hypothesis = f"{chosen.knob}:{chosen.direction}", chosen.edits, self._hypothesis(chosen, records)
-        partner = self._trade_partner(chosen, usable, files, bar)
+        partner = self._trade_partner(chosen, usable, files, bar, tried)
         if partner is not None:
             edits = chosen.edits + partner.edits
             kind = f"{kind}+{partner.knob}:{partner.direction}"
@@ -374,7 +374,7 @@ class OfflineAgent:
                                      f"at {after:.4g}, failing the gate {threshold:g}")
 
     def _trade_partner(self, chosen: Candidate, usable: list[Candidate], files: Mapping[str, str],
-                       bar: float | None) -> Candidate | None:
+                       bar: float | None, tried: set[str]) -> Candidate | None:
         """For a step predicted to lose gate margin, the change on another knob that measured the most margin
         back without costing the objective more than a quarter of the bar; None when there is none."""
         losses = [m for m, v in chosen.gate_moves.items() if v < 0]
@@ -389,9 +389,11 @@ class OfflineAgent:
             cost_ok = p.predicted is None or bar is None or p.predicted >= -bar / 4
             if gain > best_gain and cost_ok:
                 try:
-                    apply_edits(apply_edits(files, chosen.edits), p.edits)
+                    after = apply_edits(apply_edits(files, chosen.edits), p.edits)
                 except EditError:
                     continue
+                if content_hash(after) in tried:
+                    continue  # this pair was measured already
                 best, best_gain = p, gain
         return best
 
