@@ -119,3 +119,25 @@ def test_a_crash_note_keeps_the_recipe_frame_and_where_a_library_raised(tmp_path
     assert note[2].startswith("  raised in: json/decoder.py:")                         # the library, short
     assert note[3] == "  traceback (last lines):" and len(note) <= 4 + 8
     assert any("[secret]" in ln for ln in note[4:]) and not any("sk-ant-crash" in ln for ln in note)  # masked
+
+
+def test_a_smoke_test_cannot_poison_the_cache_or_reach_what_a_trial_cannot(tmp_path: Path, sandbox) -> None:
+    """The shortcut: use the free smoke test to plant a file that later trials (or their prepare) read from the
+    shared cache, or to read the test labels. Smoke writes to the cache vanish and its predict sees test inputs."""
+    from pytest_autoresearch.agents.workbench import TrialWorkbench
+
+    run = toy_run(tmp_path, agent=None)
+    files = {p.name: p.read_text() for p in run.task.baseline_recipe.glob("*.py")}
+    test_inputs = sorted(p.name for p in run.staged().test.rglob("*"))
+    attack = ("def _attack(ctx, allowed):\n"
+              "    (ctx.cache_dir / 'planted.txt').write_text('poison')\n"
+              "    seen = sorted(p.name for p in ctx.data_dir.rglob('*'))\n"
+              "    if allowed is not None and seen != allowed:\n"
+              "        raise RuntimeError(f'predict saw {seen}')\n")
+    text = files["train.py"].replace("def train(ctx):\n", attack + "def train(ctx):\n    _attack(ctx, None)\n", 1)
+    text = text.replace("def predict(ctx):\n", f"def predict(ctx):\n    _attack(ctx, {test_inputs!r})\n", 1)
+    files["train.py"] = text
+    result = TrialWorkbench(run).smoke(files, seconds=30, steps=0, rows=0)
+    assert result.ok and "predict finished" in result.report, result.report
+    assert not list(run.cache_dir.rglob("planted.txt")), "a smoke test's cache write persisted"
+    assert not list((run.dir / "smoke").glob("run-*")), "the smoke test left its work folder behind"
