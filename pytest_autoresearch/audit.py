@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .edits import MARK_RE
-from .lineage import Lineage, Record
+from .lineage import Lineage, Record, latest_per_trial
 
 OUTSIDE = "(outside regions)"
 
@@ -157,10 +157,7 @@ def touched_from_diff(diff: str) -> list[Touch]:
 def audit_records(records: Sequence[Record], surfaces: Mapping[str, Surface],
                   files_at: Any = None) -> list[TrialAudit]:
     """Audit each trial after the baseline. ``files_at(commit) -> {path: text}`` reads a commit (None: diffs only)."""
-    by: dict[int, Record] = {}
-    for r in records:
-        if isinstance(r.get("trial"), int):
-            by[r["trial"]] = r
+    by = {r["trial"]: r for r in latest_per_trial(records)}
     out = []
     for t in sorted(by):
         r = by[t]

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .lineage import LABELS, Lineage, Record, ancestors, best, read_jsonl, recorded_objective
+from .lineage import (LABELS, Lineage, Record, ancestors, best, latest_per_trial, read_jsonl,
+                      recorded_objective)
 from .report import fmt_score, keep_bar, shorten
 
 HTML_NAME = "report.html"
@@ -98,14 +99,6 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
     return out
 
 
-def _latest(records: Sequence[Record]) -> list[Record]:
-    by: dict[int, Record] = {}
-    for r in records:
-        if isinstance(r.get("trial"), int):
-            by[r["trial"]] = r
-    return [by[t] for t in sorted(by)]
-
-
 def trial_data(r: Record) -> dict[str, Any]:
     usage = r.get("usage") if isinstance(r.get("usage"), dict) else {}
     acc = r.get("acceptance") if isinstance(r.get("acceptance"), dict) else None
@@ -134,7 +127,7 @@ def _acceptance_text(acc: dict[str, Any] | None) -> str:
 
 def path_to_best(records: Sequence[Record], direction: str) -> list[Record]:
     """Baseline -> ... -> best, following parents."""
-    recs = _latest(records)
+    recs = latest_per_trial(records)
     b = best(recs, direction)
     if b is None:
         return []
@@ -142,7 +135,7 @@ def path_to_best(records: Sequence[Record], direction: str) -> list[Record]:
 
 
 def summary(records: Sequence[Record], direction: str, objective: Any = None) -> dict[str, Any]:
-    recs = _latest(records)
+    recs = latest_per_trial(records)
     base = next((r for r in recs if r.get("trial") == 0), None)
     b = best(recs, direction)
     trials = [r for r in recs if r.get("trial") != 0]
@@ -192,7 +185,7 @@ def _json_script(data: Any) -> str:
 def render(records: Sequence[Record], *, task: str, metric: str, direction: str, objective: Any = None,
            plot_png: bytes | None = None, plot_note: str = "", promotions: Sequence[dict[str, Any]] = (),
            source: str = "") -> str:
-    recs = _latest(records)
+    recs = latest_per_trial(records)
     s = summary(recs, direction, objective)
     path = path_to_best(recs, direction)
     by = {r["trial"]: r for r in recs}

@@ -319,3 +319,12 @@ def recorded_objective(records: Sequence[Record]) -> Any:
         return Objective(**o)
     except (TypeError, ValueError):
         return None
+
+
+def latest_per_trial(records: Sequence[Record]) -> list[Record]:
+    """One record per trial number (a re-measured baseline's latest record), in trial order."""
+    by: dict[int, Record] = {}
+    for r in records:
+        if isinstance(r.get("trial"), int):
+            by[r["trial"]] = r
+    return [by[t] for t in sorted(by)]

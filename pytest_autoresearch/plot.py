@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .lineage import Record
+from .lineage import Record, latest_per_trial
 
 # label -> (marker, size, what the legend calls it)
 MARKERS: dict[str, tuple[str, float, str]] = {
@@ -75,15 +75,6 @@ def _palette(n: int) -> list[str]:
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [to_hex(cmap(i)) for i in range(cmap.N)]
-
-
-def latest_per_trial(records: Sequence[Record]) -> list[Record]:
-    """One record per trial number (a re-measured baseline's latest record), in trial order."""
-    by: dict[int, Record] = {}
-    for r in records:
-        if isinstance(r.get("trial"), int):
-            by[r["trial"]] = r
-    return [by[t] for t in sorted(by)]
 
 
 def running_best(records: Sequence[Record], direction: str) -> list[tuple[int, float]]:
