@@ -133,6 +133,15 @@ def min_delta_on_scale(objective: Any, best_score: float | None) -> float:
     return abs(math.log1p(md / abs(best_score)))
 
 
+def bar_of(objective: Any, noise: Noise, n_seeds: int, min_delta: float) -> tuple[float, float | None]:
+    """The bar a mean paired gain over ``n_seeds`` seeds must beat, and the standard error behind it (None when
+    the noise is unmeasured, so the bar is ``min_delta``, already on the rule's scale)."""
+    if noise.var is None:
+        return min_delta, None
+    se = math.sqrt(2.0 * noise.var / max(n_seeds, 1))
+    return max(min_delta, objective.noise_sigmas * se), se
+
+
 def decide(candidate: Mapping[int, float], best: Mapping[int, float], objective: Any, noise: Noise,
            best_trial: int | None = None) -> Verdict:
     """The keep verdict for ``candidate``'s per-seed scores against ``best``'s (see the module docstring)."""
@@ -150,8 +159,7 @@ def decide(candidate: Mapping[int, float], best: Mapping[int, float], objective:
     gains = [sign * (bi - ci) for bi, ci in zip(b, c)]
     gain = sum(gains) / len(gains)
     md = min_delta_on_scale(objective, best_mean) if scale == scale_of(objective) else float(objective.min_delta)
-    se = math.sqrt(2.0 * noise.var / len(gains)) if noise.var is not None else None
-    threshold = max(md, objective.noise_sigmas * se) if se is not None else md
+    threshold, se = bar_of(objective, noise, len(gains), md)
     return Verdict(keep=gain > threshold, gain=gain, threshold=threshold, se=se, n=len(gains), scale=scale,
                    min_delta=md, best_trial=best_trial, noise=noise.describe(), gains=[round(g, 6) for g in gains])
 
@@ -166,8 +174,7 @@ def describe_rule(objective: Any, noise: Noise, n_seeds: int, best_score: float 
     if noise.var is None:
         bar = f"min_delta = {md:.4g}; run-to-run noise is not measured yet"
     else:
-        se = math.sqrt(2.0 * noise.var / max(n_seeds, 1))
-        value = max(md, objective.noise_sigmas * se)
+        value, se = bar_of(objective, noise, n_seeds, md)
         bar = f"max(min_delta {md:.4g}, {objective.noise_sigmas:g} x {se:.4g}) = {value:.4g}"
         if scale == "relative":
             bar += f", i.e. {100 * math.expm1(value):.2f}% faster or better"

@@ -432,17 +432,15 @@ class OfflineAgent:
 
 def _bar_fraction(request: ProposalRequest) -> float | None:
     """The keep bar now, as a fraction of the best score: what a change must move the score by to be kept."""
-    from ..acceptance import measured_noise, min_delta_on_scale, per_seed, scale_of
+    from ..acceptance import bar_of, measured_noise, min_delta_on_scale, per_seed, scale_of
 
     view, objective = request.view, request.task.objective
     best = view.best
     score = best.get("score") if best else None
     if not isinstance(score, (int, float)) or not score:
         return None
-    noise = measured_noise(view.records, objective)
-    n = max(len(per_seed(best)), 1)
-    md = min_delta_on_scale(objective, score)
-    bar = max(md, objective.noise_sigmas * math.sqrt(2.0 * noise.var / n)) if noise.var is not None else md
+    bar, _ = bar_of(objective, measured_noise(view.records, objective), len(per_seed(best)),
+                    min_delta_on_scale(objective, score))
     if scale_of(objective) == "absolute":
         bar /= abs(float(score))
     return bar or None
