@@ -10,6 +10,11 @@ Specialists (``schedule``):
                    cost is its wall seconds over the median trial's (clipped to 0.25..4). A specialist that
                    has not had ``search.bandit_min_turns`` turns plays first. Illegal trials score 0, so the
                    legality rate is part of the yield.
+                   Those first turns are ordered, not dealt round-robin: a specialist whose last trial was
+                   kept plays again (win-stay: a line that just paid off is worth one more step before the
+                   untried arms), and otherwise the untried arm with the largest *prior* goes first: the
+                   largest gain its task's catalog expects from a technique that still applies to the best
+                   (``catalog_priors``), so the techniques the task author rates highest are measured first.
 
 Parents (``search.parent``):
 
@@ -26,8 +31,9 @@ import math
 import random
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from .edits import EditError, apply_edits, content_hash
 from .lineage import LEGAL, Record, ranked
 
 SCHEDULES = ("round_robin", "random", "bandit")
@@ -69,8 +75,31 @@ def _agent_side(rec: Record) -> bool:
     return rec.get("label") == "harness_error" or bool(rec.get("agent_error"))
 
 
+def catalog_priors(specs: Sequence[Any], files: Mapping[str, str], direction: str, best_score: float,
+                   tried: set[str]) -> dict[str, float]:
+    """Each specialist's prior for the bandit's first turns: the largest gain, as a fraction of the best score,
+    that its catalog expects from a technique whose edits still apply to ``files`` and give code not yet
+    tried; 0 when none does (no catalog, no expectation, or everything applicable measured)."""
+    sign = -1.0 if direction == "minimize" else 1.0
+    out: dict[str, float] = {}
+    for spec in specs:
+        gains = [0.0]
+        for t in getattr(spec, "catalog", ()):
+            if not isinstance(t.expected_delta, (int, float)) or not best_score:
+                continue
+            try:
+                after = apply_edits(files, t.edits)
+            except EditError:
+                continue  # written for another scale or already applied: says nothing about this recipe
+            if after != dict(files) and content_hash(after) not in tried:
+                gains.append(sign * float(t.expected_delta) / abs(float(best_score)))
+        out[spec.name] = max(gains)
+    return out
+
+
 def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record], trial: int, seed: int,
-                      explore: float = 1.0, min_turns: int = 1) -> Turn:
+                      explore: float = 1.0, min_turns: int = 1,
+                      priors: Mapping[str, float] | None = None) -> Turn:
     """The specialist for ``trial`` under ``rule`` (see the module docstring)."""
     k = len(names)
     if rule == "random":
@@ -91,9 +120,21 @@ def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record]
                       "yield": round(sum(ys) / len(ys), 4) if ys else None}
     fresh = [i for i, n in enumerate(names) if arms[n]["turns"] < min_turns]
     if fresh:
-        # Every arm gets its first turns in order, so a new lineage starts like round-robin.
-        i = min(fresh, key=lambda j: (arms[names[j]]["turns"], j))
-        return Turn(i, rule, f"{names[i]} has had {arms[names[i]]['turns']} of its first {min_turns} turn(s)", arms)
+        last = max(done, key=lambda r: r["trial"], default=None)
+        if last is not None and last.get("label") == "keep":
+            i = list(names).index(last["specialist"])
+            return Turn(i, rule, f"win-stay: {names[i]}'s last trial ({last['trial']}) was kept; "
+                                 f"{len(fresh)} specialist(s) still to have their first {min_turns} turn(s)", arms)
+        priors = dict(priors or {})
+        for n in names:
+            if n in priors:
+                arms[n]["prior"] = round(priors[n], 5)
+        # Fewest turns first; among those the largest prior, then the order the task lists them in.
+        i = min(fresh, key=lambda j: (arms[names[j]]["turns"], -priors.get(names[j], 0.0), j))
+        why = f"{names[i]} has had {arms[names[i]]['turns']} of its first {min_turns} turn(s)"
+        if priors.get(names[i], 0.0) > 0:
+            why += f"; its catalog expects up to {100 * priors[names[i]]:.2g}% (the largest prior among them)"
+        return Turn(i, rule, why, arms)
     total = sum(a["turns"] for a in arms.values())
     for a in arms.values():
         a["bonus"] = round(explore * math.sqrt(2.0 * math.log(total) / a["turns"]), 4)

@@ -27,7 +27,7 @@ from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, ch
 from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
 from .acceptance import Verdict, decide, measured_noise, per_seed
-from .allocation import choose_parent, choose_specialist, merge_specialists
+from .allocation import catalog_priors, choose_parent, choose_specialist, merge_specialists
 from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view
 from .runner import Phase, PhaseResult, run_phase, scrubbed_env
 from .sandbox import Bind, Limits, Sandbox, detect, sandbox_to_json
@@ -531,9 +531,14 @@ class TaskRun:
         assert full.best is not None  # ensure_baseline guarantees one
         sc = self.cfg.search
         specs = self.specialists
+        priors = None
+        if str(self.cfg.schedule) == "bandit" and len(specs) > 1:
+            priors = catalog_priors(specs, self.repo.files_at(self.commit_of(full.best)),
+                                    self.task.objective.direction, float(full.best.get("score") or 0.0),
+                                    {r.get("content_hash") for r in records} - {None})
         turn = choose_specialist(str(self.cfg.schedule), [x.name for x in specs], records, trial,
                                  int(self.cfg.seed), explore=float(sc.bandit_explore),
-                                 min_turns=int(sc.bandit_min_turns))
+                                 min_turns=int(sc.bandit_min_turns), priors=priors)
         spec = specs[turn.index]
         parent, parent_why = choose_parent(str(sc.parent), records, self.task.objective.direction, full.best,
                                            spec.name, trial, int(self.cfg.seed), k=int(sc.parent_k))

@@ -7,9 +7,11 @@ from collections import Counter
 from conftest import ToyRun
 from toytask import edit, write_toy_task
 
-from pytest_autoresearch.allocation import choose_parent, choose_specialist, merge_specialists, reward
+from pytest_autoresearch.allocation import (catalog_priors, choose_parent, choose_specialist, merge_specialists,
+                                           reward)
+from pytest_autoresearch.edits import Edit, apply_edits, content_hash
 from pytest_autoresearch.early_stop import interpolate, reference, rule, thin
-from pytest_autoresearch.task import Specialist, Surface
+from pytest_autoresearch.task import Specialist, Surface, Technique
 
 
 def _record(trial: int, specialist: str, label: str, *, gain: float = 0.0, bar: float = 0.01, score: float = 1.0,
@@ -40,6 +42,39 @@ def test_the_bandit_shifts_turns_toward_the_specialist_that_yields():
     why = records[-1]["turn"]
     assert why["rule"] == "bandit" and "UCB index" in why["why"] and set(why["arms"]) == set(names)
     assert why["arms"]["data"]["legal"] < 0.5 and why["arms"]["opt"]["yield"] > why["arms"]["arch"]["yield"]
+
+
+def test_first_turns_go_by_catalog_prior_and_a_keep_earns_another_turn():
+    files = {"train.py": "lr = 0.1\nwd = 0.0\nwidth = 64\n"}
+    specs = [Specialist("arch", Surface(files=("train.py",)), "",
+                        catalog=(Technique("wide", "", (Edit("train.py", "width = 64", "width = 96"),), -0.01),)),
+             Specialist("opt", Surface(files=("train.py",)), "",
+                        catalog=(Technique("hot", "", (Edit("train.py", "lr = 0.1", "lr = 0.3"),), -0.2),
+                                 Technique("full-scale", "", (Edit("train.py", "lr = 0.02", "lr = 0.05"),), -0.9))),
+             Specialist("reg", Surface(files=("train.py",)), "",
+                        catalog=(Technique("wd", "", (Edit("train.py", "wd = 0.0", "wd = 0.1"),), 0.05),))]
+    priors = catalog_priors(specs, files, "minimize", 2.0, set())
+    # The technique written for another scale does not apply, so it does not count; a worse one counts as 0.
+    assert priors == {"arch": 0.005, "opt": 0.1, "reg": 0.0}
+    tried = {content_hash(apply_edits(files, specs[1].catalog[0].edits))}
+    assert catalog_priors(specs, files, "minimize", 2.0, tried)["opt"] == 0.0, "a measured technique is no prior"
+
+    names = [s.name for s in specs]
+    records = [_record(0, "baseline", "baseline")]
+    order = []
+    for t in range(1, 4):
+        turn = choose_specialist("bandit", names, records, t, seed=0, priors=priors)
+        order.append(names[turn.index])
+        records.append(_record(t, names[turn.index], "discard", gain=-0.01))
+    assert order == ["opt", "arch", "reg"], "untried arms go largest prior first, then in the task's order"
+    assert "catalog expects up to 10%" in choose_specialist("bandit", names, records[:1], 1, seed=0,
+                                                            priors=priors).why
+    # Win-stay: a keep during the first turns gives its specialist the next one, a discard ends the run.
+    records = [_record(0, "baseline", "baseline"), _record(1, "opt", "keep", gain=0.02)]
+    turn = choose_specialist("bandit", names, records, 2, seed=0, priors=priors)
+    assert names[turn.index] == "opt" and turn.why.startswith("win-stay")
+    records.append(_record(2, "opt", "discard", gain=-0.01))
+    assert names[choose_specialist("bandit", names, records, 3, seed=0, priors=priors).index] == "arch"
 
 
 def test_yield_counts_cost_and_leaves_agent_side_failures_out():
