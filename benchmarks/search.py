@@ -178,6 +178,9 @@ def main() -> None:
                     help="re-run each run's best and the baseline N times each, alternating (0: off)")
     ap.add_argument("--baseline-from", type=Path, default=None,
                     help="reuse a baseline lineage folder from an earlier run's --work (to add methods to it)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --work: keep every run whose lineage there already holds the trials asked for "
+                         "(analyse and re-measure it again, do not re-run it): resumes or re-measures a run")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "search.json")
     args = ap.parse_args()
     work_root = args.work or Path(tempfile.mkdtemp(prefix="search-bench-"))
@@ -187,17 +190,27 @@ def main() -> None:
         work = work_root / task
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        base = args.baseline_from / task / "baseline" if args.baseline_from else baseline(task, work)
+        reuse = args.reuse and (work / "baseline" / task / "lineage.jsonl").is_file()
+        if args.baseline_from:
+            base = args.baseline_from / task / "baseline"
+        elif reuse:
+            base = work / "baseline"
+        else:
+            base = baseline(task, work)
         base_s = time.monotonic() - t0
         jobs = [(m, s) for s in args.seeds for m in args.methods]
 
         def one(job: tuple[str, int]) -> tuple[str, int, dict[str, Any]]:
             m, s = job
             lin = work / f"{m}-seed{s}"
-            shutil.rmtree(lin, ignore_errors=True)
-            shutil.copytree(base, lin, symlinks=True)
-            secs = run(pytest_cmd(task, lin, args.trials, s, METHODS[m]), work / f"{m}-seed{s}.log")
-            a = analyse(records(lin, task))
+            kept = lin / task / "lineage.jsonl"
+            if reuse and kept.is_file() and len({r["trial"] for r in records(lin, task)}) > args.trials:
+                secs = None  # this run finished before: analysed again, not re-run
+            else:
+                shutil.rmtree(lin, ignore_errors=True)
+                shutil.copytree(base, lin, symlinks=True)
+                secs = run(pytest_cmd(task, lin, args.trials, s, METHODS[m]), work / f"{m}-seed{s}.log")
+            a = analyse([r for r in records(lin, task) if r["trial"] <= args.trials])
             a["seconds"] = secs
             a["remeasured_pct"] = 0.0  # no keep: what the run hands over is the baseline itself
             if args.remeasure and a["best_trial"]:
@@ -208,7 +221,8 @@ def main() -> None:
                     a["remeasured_pct"] = 100.0 * a["sign"] * (base_m - best_m) / abs(base_m)
             print(f"  {task} {m} seed {s}: best {a['best_improvement_pct']:+.2f}% (re-measured "
                   f"{a['remeasured_pct']:+.2f}%) in {a['trials']} trials "
-                  f"({a['keeps']} keeps, {100 * a['failure_rate']:.0f}% failed), {secs:.0f}s", flush=True)
+                  f"({a['keeps']} keeps, {100 * a['failure_rate']:.0f}% failed), "
+                  f"{'reused' if secs is None else f'{secs:.0f}s'}", flush=True)
             return m, s, a
 
         with ThreadPoolExecutor(args.workers) as pool:

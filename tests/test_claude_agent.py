@@ -509,6 +509,7 @@ def test_end_to_end_trials_with_the_claude_agent(tmp_path: Path) -> None:
                    PYTHONDONTWRITEBYTECODE="1")
         proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s",
                                "--autoresearch-trials", "2", "--autoresearch-agent", "claude",
+                               "--autoresearch-override", "schedule=round_robin",  # both specialists get a turn
                                "--autoresearch-lineage", str(lineage), "tasks/toy"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         requests = list(server.requests)

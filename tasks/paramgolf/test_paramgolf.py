@@ -97,8 +97,11 @@ def evaluator(autoresearch_variant: str) -> Evaluator:
 
 @pytest.fixture
 def objective(autoresearch_variant: str) -> Objective:
-    # A kept trial must beat the best by a margin above run-to-run noise of a single seed.
-    return Objective("val_bpb", "minimize", min_delta=0.005 if autoresearch_variant == "mini" else 0.002)
+    # Training is not bit-reproducible (multi-threaded CPU kernels, CUDA atomics): the same recipe and seed
+    # scored 2.688, 2.691 and 2.696 in three mini runs. So the noise is measured, not assumed: the baseline
+    # runs twice, and a would-be keep is re-run beside the best; min_delta is the floor under that bar.
+    return Objective("val_bpb", "minimize", min_delta=0.005 if autoresearch_variant == "mini" else 0.002,
+                     baseline_repeats=2, confirm_keeps=True)
 
 
 def _set(path: str, old: str, new: str) -> Edit:
