@@ -31,7 +31,7 @@ import math
 import random
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from .edits import EditError, apply_edits, content_hash
 from .lineage import LEGAL, Record, ranked
@@ -48,9 +48,18 @@ class Turn:
     rule: str
     why: str
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    focus: str | None = None  # the catalog technique whose prior won the turn, handed to the agent
 
     def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule, "why": self.why, **({"arms": self.arms} if self.arms else {})}
+        return {"rule": self.rule, "why": self.why, **({"focus": self.focus} if self.focus else {}),
+                **({"arms": self.arms} if self.arms else {})}
+
+
+class Prior(NamedTuple):
+    """A specialist's prior for the bandit's first turns, and the technique it comes from."""
+
+    gain: float
+    technique: str | None = None
 
 
 def reward(rec: Record) -> float:
@@ -76,14 +85,14 @@ def _agent_side(rec: Record) -> bool:
 
 
 def catalog_priors(specs: Sequence[Any], files: Mapping[str, str], direction: str, best_score: float,
-                   tried: set[str]) -> dict[str, float]:
+                   tried: set[str]) -> dict[str, Prior]:
     """Each specialist's prior for the bandit's first turns: the largest gain, as a fraction of the best score,
     that its catalog expects from a technique whose edits still apply to ``files`` and give code not yet
     tried; 0 when none does (no catalog, no expectation, or everything applicable measured)."""
     sign = -1.0 if direction == "minimize" else 1.0
-    out: dict[str, float] = {}
+    out: dict[str, Prior] = {}
     for spec in specs:
-        gains = [0.0]
+        gains = [Prior(0.0)]
         for t in getattr(spec, "catalog", ()):
             if not isinstance(t.expected_delta, (int, float)) or not best_score:
                 continue
@@ -92,14 +101,14 @@ def catalog_priors(specs: Sequence[Any], files: Mapping[str, str], direction: st
             except EditError:
                 continue  # written for another scale or already applied: says nothing about this recipe
             if after != dict(files) and content_hash(after) not in tried:
-                gains.append(sign * float(t.expected_delta) / abs(float(best_score)))
-        out[spec.name] = max(gains)
+                gains.append(Prior(sign * float(t.expected_delta) / abs(float(best_score)), t.name))
+        out[spec.name] = max(gains, key=lambda p: p.gain)
     return out
 
 
 def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record], trial: int, seed: int,
                       explore: float = 1.0, min_turns: int = 1,
-                      priors: Mapping[str, float] | None = None) -> Turn:
+                      priors: Mapping[str, Prior] | None = None) -> Turn:
     """The specialist for ``trial`` under ``rule`` (see the module docstring)."""
     k = len(names)
     if rule == "random":
@@ -126,15 +135,18 @@ def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record]
             return Turn(i, rule, f"win-stay: {names[i]}'s last trial ({last['trial']}) was kept; "
                                  f"{len(fresh)} specialist(s) still to have their first {min_turns} turn(s)", arms)
         priors = dict(priors or {})
+        gain = {n: priors[n].gain if n in priors else 0.0 for n in names}
         for n in names:
             if n in priors:
-                arms[n]["prior"] = round(priors[n], 5)
+                arms[n]["prior"] = round(gain[n], 5)
         # Fewest turns first; among those the largest prior, then the order the task lists them in.
-        i = min(fresh, key=lambda j: (arms[names[j]]["turns"], -priors.get(names[j], 0.0), j))
+        i = min(fresh, key=lambda j: (arms[names[j]]["turns"], -gain[names[j]], j))
         why = f"{names[i]} has had {arms[names[i]]['turns']} of its first {min_turns} turn(s)"
-        if priors.get(names[i], 0.0) > 0:
-            why += f"; its catalog expects up to {100 * priors[names[i]]:.2g}% (the largest prior among them)"
-        return Turn(i, rule, why, arms)
+        focus = priors[names[i]].technique if gain[names[i]] > 0 else None
+        if focus:
+            why += (f"; its catalog expects up to {100 * gain[names[i]]:.2g}% from '{focus}' (the largest prior "
+                    f"among them)")
+        return Turn(i, rule, why, arms, focus=focus)
     total = sum(a["turns"] for a in arms.values())
     for a in arms.values():
         a["bonus"] = round(explore * math.sqrt(2.0 * math.log(total) / a["turns"]), 4)

@@ -551,7 +551,7 @@ class TaskRun:
         rec["turn"] = turn.to_json()
         rec["parent_rule"] = {"rule": str(sc.parent), "why": parent_why}
         try:
-            return self._run_trial(trial, rec, spec, parent, view)
+            return self._run_trial(trial, rec, spec, parent, view, turn.focus)
         except (BaselineError, AgentStop, AgentFatal, KeyboardInterrupt, RepoError, LineageLocked):
             raise  # not a trial outcome: nothing ran, so nothing is recorded
         except Exception as e:
@@ -567,11 +567,13 @@ class TaskRun:
         finally:
             self._cleanup(trial)
 
-    def _run_trial(self, trial: int, rec: Record, spec: Any, parent: Record, view: Any) -> Record:
+    def _run_trial(self, trial: int, rec: Record, spec: Any, parent: Record, view: Any,
+                   focus: str | None = None) -> Record:
         parent_commit = self.commit_of(parent)
         files = self.repo.files_at(parent_commit)
         request = ProposalRequest(task=self.task, specialist=spec, trial=trial, parent=parent["trial"],
-                                  files=files, view=view, seed=int(self.cfg.seed), bench=TrialWorkbench(self))
+                                  files=files, view=view, seed=int(self.cfg.seed), bench=TrialWorkbench(self),
+                                  focus=focus)
         try:
             proposal = self.agent.propose(request)
         except NoProposal as e:

@@ -2,6 +2,7 @@
 every trial, agent-side errors out of the history, the lineage tools, and a prompt laid out for caching."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -13,7 +14,8 @@ from pytest_autoresearch.agents.lineage_tools import LineageTools
 from pytest_autoresearch.agents.prompt import render_view, role_text, rules_text
 from pytest_autoresearch.legality import MetricAtLeast, MetricIsTrue
 from pytest_autoresearch.lineage import make_view
-from pytest_autoresearch.task import Budget, Objective, Specialist, Task
+from pytest_autoresearch.edits import Edit
+from pytest_autoresearch.task import Budget, Objective, Specialist, Task, Technique
 
 from fake_anthropic import approx_tokens, prompt_blocks, reply, tool_use
 from test_claude_agent import HELPERS, PRICES, TRAIN, agent_for, fake, make_request, rec, task  # noqa: F401
@@ -167,6 +169,21 @@ def test_all_specialists_share_the_cached_rules_and_parent_files(fake, task) -> 
     agent.propose(make_request(task, "arch", records, parent=1, files=other))
     assert fake.usages[4]["cache_read_input_tokens"] == _prefix_tokens(fake.requests[4], 1)
     assert fake.rejected == []
+
+
+def test_the_technique_the_turn_was_given_for_reaches_the_model(fake, task) -> None:  # noqa: F811
+    tech = Technique("hot-lr", "Hotter steps.", (Edit("train.py", "lr = 0.2", "lr = 0.4"),), -0.1)
+    opt = dataclasses.replace(task.specialist("opt"), catalog=(tech,))
+    agent = agent_for(fake)
+    for focus in ("hot-lr", None):
+        fake.queue(reply(tool_use("str_replace", {"path": "train.py", "old_str": "lr = 0.2", "new_str": "lr = 0.4"})),
+                   reply(tool_use("submit_trial", {"hypothesis": "h", "expected_delta": -0.1})))
+        agent.propose(dataclasses.replace(make_request(task, "opt"), specialist=opt, focus=focus))
+    focused, plain = fake.requests[0]["messages"][0]["content"][-1], fake.requests[2]["messages"][0]["content"][-1]
+    assert "technique 'hot-lr' (Hotter steps.; expected change -0.1)" in focused["text"]
+    assert "technique" not in plain["text"] and focused.get("cache_control") == plain.get("cache_control")
+    # The request line sits after the last cached block: the rules, files and role are cached alike.
+    assert fake.requests[0]["system"] == fake.requests[2]["system"]
 
 
 def test_the_long_lived_prefix_can_be_cached_for_an_hour(fake, task) -> None:  # noqa: F811

@@ -35,6 +35,8 @@ def _start(toy: ToyRun, *args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "PYTEST_ADDOPTS")}
     env.update(TOY_SCRIPT=str(toy.root / "script.json"), PYTHONDONTWRITEBYTECODE="1")
     log = open(toy.root / "killed-run.log", "wb")
+    if "scripted" in args:  # the script is written per specialist turn: turns go round-robin (as in ToyRun)
+        args = (*args, "--autoresearch-override", "schedule=round_robin")
     return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=toy.root,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 

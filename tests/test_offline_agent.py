@@ -1,6 +1,8 @@
 """The offline agent reads the lineage: it follows wins, backs off failures, never repeats, re-applies wins."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,25 @@ def test_catalog_techniques_are_proposed(task):
     spec = Specialist("opt", Surface(regions=("train.py::opt",)), "x", catalog=(tech,))
     picks = [OfflineAgent(seed=s).propose(request(task, [BASE], spec=spec)) for s in range(30)]
     assert any(p.kind == "catalog:lookahead:catalog" and "Average weights." in p.hypothesis for p in picks)
+
+
+def test_the_technique_the_schedule_gave_the_turn_for_is_drawn_far_more_often(task):
+    tech = Technique("lookahead", "Average weights.", (Edit("train.py", "lr = 0.1", "lr = 0.1\nlookahead = True"),))
+    spec = Specialist("opt", Surface(regions=("train.py::opt",)), "x", catalog=(tech,))
+
+    def share(focus):
+        picks = []
+        for s in range(60):
+            r = dataclasses.replace(request(task, [BASE], spec=spec), focus=focus)
+            picks.append(OfflineAgent(seed=s).propose(r))
+        return sum(p.kind == "catalog:lookahead:catalog" for p in picks) / len(picks), picks
+
+    plain, _ = share(None)
+    focused, picks = share("lookahead")
+    assert focused > 2 * plain and focused > 0.5, (plain, focused)
+    assert plain < 1.0 and focused < 1.0, "still a draw: other candidates keep a chance"
+    hit = next(p for p in picks if p.kind == "catalog:lookahead:catalog")
+    assert "the schedule gave this specialist the turn" in hit.hypothesis
 
 
 def test_steps_grow_when_the_trials_so_far_moved_the_score_less_than_half_the_bar(task):

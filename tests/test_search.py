@@ -55,9 +55,10 @@ def test_first_turns_go_by_catalog_prior_and_a_keep_earns_another_turn():
                         catalog=(Technique("wd", "", (Edit("train.py", "wd = 0.0", "wd = 0.1"),), 0.05),))]
     priors = catalog_priors(specs, files, "minimize", 2.0, set())
     # The technique written for another scale does not apply, so it does not count; a worse one counts as 0.
-    assert priors == {"arch": 0.005, "opt": 0.1, "reg": 0.0}
+    assert {n: p.gain for n, p in priors.items()} == {"arch": 0.005, "opt": 0.1, "reg": 0.0}
+    assert (priors["opt"].technique, priors["reg"].technique) == ("hot", None)
     tried = {content_hash(apply_edits(files, specs[1].catalog[0].edits))}
-    assert catalog_priors(specs, files, "minimize", 2.0, tried)["opt"] == 0.0, "a measured technique is no prior"
+    assert catalog_priors(specs, files, "minimize", 2.0, tried)["opt"].gain == 0.0, "a measured one is no prior"
 
     names = [s.name for s in specs]
     records = [_record(0, "baseline", "baseline")]
@@ -67,8 +68,9 @@ def test_first_turns_go_by_catalog_prior_and_a_keep_earns_another_turn():
         order.append(names[turn.index])
         records.append(_record(t, names[turn.index], "discard", gain=-0.01))
     assert order == ["opt", "arch", "reg"], "untried arms go largest prior first, then in the task's order"
-    assert "catalog expects up to 10%" in choose_specialist("bandit", names, records[:1], 1, seed=0,
-                                                            priors=priors).why
+    first = choose_specialist("bandit", names, records[:1], 1, seed=0, priors=priors)
+    assert "catalog expects up to 10% from 'hot'" in first.why
+    assert first.focus == "hot" and first.to_json()["focus"] == "hot", "the agent is told which technique"
     # Win-stay: a keep during the first turns gives its specialist the next one, a discard ends the run.
     records = [_record(0, "baseline", "baseline"), _record(1, "opt", "keep", gain=0.02)]
     turn = choose_specialist("bandit", names, records, 2, seed=0, priors=priors)

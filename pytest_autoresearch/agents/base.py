@@ -38,7 +38,9 @@ class ProposalRequest:
 
     ``files`` are the parent trial's recipe files (path relative to the recipe folder -> text); ``view`` is the
     lineage as the agent is allowed to see it; ``seed`` makes a proposal reproducible; ``bench``, when the
-    harness lends one, reads other trials' files and smoke-tests proposed code.
+    harness lends one, reads other trials' files and smoke-tests proposed code. ``focus`` names the catalog
+    technique the schedule gave this turn for (its expected gain was the largest prior), when it did: a
+    suggestion the agent may take or not.
     """
 
     task: "Task"
@@ -49,6 +51,7 @@ class ProposalRequest:
     view: "LineageView"
     seed: int
     bench: Workbench | None = None
+    focus: str | None = None
 
 
 @dataclass

@@ -491,7 +491,8 @@ class _Session:
         ]
         self.messages = [{"role": "user", "content": [
             {"type": "text", "text": prompt.render_view(req.view, cfg["view"], req.task)},
-            {"type": "text", "text": prompt.request_text(req.trial, req.parent)}]}]
+            {"type": "text", "text": prompt.request_text(
+                req.trial, req.parent, next((t for t in req.specialist.catalog if t.name == req.focus), None))}]}]
         return self._loop()
 
     def _loop(self) -> Proposal:

@@ -190,7 +190,7 @@ class OfflineAgent:
         # parent may still pay off on the current best, so it stays a (down-weighted) candidate.
         tried = {r.get("content_hash") for r in records} - {None}
         cands = surface_candidates(files, spec.surface)
-        cands += self._catalog(spec, files)
+        cands += self._catalog(spec, files, request.focus)
         cands += self._reapply(request, records)
         bar = _bar_fraction(request)
         slopes = _slopes(records, request.task.objective)
@@ -233,11 +233,16 @@ class OfflineAgent:
                         step=chosen.factor)
 
     # -- candidate sources ----------------------------------------------------------------------------
-    def _catalog(self, spec: Any, files: Mapping[str, str]) -> list[Candidate]:
+    def _catalog(self, spec: Any, files: Mapping[str, str], focus: str | None = None) -> list[Candidate]:
         out = []
         for t in spec.catalog:
             c = Candidate(f"catalog:{t.name}", "catalog", 1.0, list(t.edits), f"{t.name}: {t.hypothesis}",
                           weight=2.0, expected=t.expected_delta)
+            if t.name == focus:
+                # The schedule spent this turn on this technique's expected gain: drawing anything else
+                # mostly wastes the reason the turn was given (still a draw, not a rule).
+                c.weight *= 4.0
+                c.evidence.append("the schedule gave this specialist the turn for this technique's expected gain")
             out.append(c)
         return out
 

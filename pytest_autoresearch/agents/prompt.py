@@ -26,7 +26,7 @@ from ..lineage import FAILURES, LineageView, Record, ancestors, best, failures, 
 from .tools import numbered
 
 if TYPE_CHECKING:
-    from ..task import Budget, Objective, Specialist, Task
+    from ..task import Budget, Objective, Specialist, Task, Technique
 
 SESSION_MARK = "[session] "  # the line of agent notes that says how the session went (not shown to models)
 
@@ -315,9 +315,15 @@ def role_text(spec: "Specialist", listing: str) -> str:
             f"{spec.surface.describe()}.\n\n## The recipe's files and what you may edit\n{listing}")
 
 
-def request_text(trial: int, parent: int) -> str:
-    return (f"Propose trial {trial}. Your edits apply to the files of trial {parent} (in the system prompt). Make "
+def request_text(trial: int, parent: int, focus: "Technique | None" = None) -> str:
+    text = (f"Propose trial {trial}. Your edits apply to the files of trial {parent} (in the system prompt). Make "
             f"your change and call submit_trial.")
+    if focus is not None:
+        text += (f" You have this turn because the task's catalog expects the most from your technique "
+                 f"'{focus.name}' ({focus.hypothesis}"
+                 + (f"; expected change {focus.expected_delta:+g}" if focus.expected_delta is not None else "")
+                 + "), which has not been measured on this parent: try it unless the lineage says otherwise.")
+    return text
 
 
 def render_view(view: LineageView, sizes: Mapping[str, int], task: "Task | None" = None) -> str:
