@@ -125,7 +125,7 @@ def test_the_technique_the_schedule_gave_the_turn_for_is_drawn_far_more_often(ta
 
     plain, _ = share(None)
     focused, picks = share("lookahead")
-    assert focused > 2 * plain and focused > 0.5, (plain, focused)
+    assert focused > 2 * plain and focused >= 0.75, (plain, focused)
     assert plain < 1.0 and focused < 1.0, "still a draw: other candidates keep a chance"
     hit = next(p for p in picks if p.kind == "catalog:lookahead:catalog")
     assert "the schedule gave this specialist the turn" in hit.hypothesis

@@ -220,6 +220,11 @@ class OfflineAgent:
             if pick <= 0:
                 chosen = c
                 break
+        focus = next((c for c in usable if c.knob == f"catalog:{request.focus}"), None)
+        if focus is not None and rng.random() >= self.explore:
+            # The schedule spent this turn on this technique's expected gain: anything else wastes the reason
+            # the turn was given, except for the ``explore`` share of draws that keeps the rest of the surface.
+            chosen = focus
         kind, edits, hypothesis = f"{chosen.knob}:{chosen.direction}", chosen.edits, self._hypothesis(chosen, records)
         partner = self._trade_partner(chosen, usable, files, bar, tried)
         if partner is not None:
@@ -239,9 +244,6 @@ class OfflineAgent:
             c = Candidate(f"catalog:{t.name}", "catalog", 1.0, list(t.edits), f"{t.name}: {t.hypothesis}",
                           weight=2.0, expected=t.expected_delta)
             if t.name == focus:
-                # The schedule spent this turn on this technique's expected gain: drawing anything else
-                # mostly wastes the reason the turn was given (still a draw, not a rule).
-                c.weight *= 4.0
                 c.evidence.append("the schedule gave this specialist the turn for this technique's expected gain")
             out.append(c)
         return out
