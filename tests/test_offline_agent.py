@@ -130,6 +130,16 @@ def test_the_technique_the_schedule_gave_the_turn_for_is_drawn_far_more_often(ta
     hit = next(p for p in picks if p.kind == "catalog:lookahead:catalog")
     assert "the schedule gave this specialist the turn" in hit.hypothesis
 
+    # A hint, not an order: on a cost objective a halved size is predicted to clear the bar, far more than this
+    # technique's expected 0.01%, so the focus is not forced and the agent's own prediction keeps its weight.
+    small = Technique("lookahead", "Average weights.", tech.edits, expected_delta=-0.0001)
+    cost_spec = Specialist("opt", Surface(regions=("train.py::opt",)), "x", catalog=(small,))
+    cost = dataclasses.replace(task, objective=Objective("seconds", "minimize", scale="relative"))
+    drawn = [OfflineAgent(seed=s).propose(dataclasses.replace(request(cost, [NOISY_BASE], spec=cost_spec),
+                                                              focus="lookahead")).kind for s in range(60)]
+    assert sum(k == "catalog:lookahead:catalog" for k in drawn) < 0.3 * len(drawn)
+    assert sum(k.startswith("train.py:opt:steps:down") for k in drawn) > 0.2 * len(drawn)
+
 
 def test_steps_grow_when_the_trials_so_far_moved_the_score_less_than_half_the_bar(task):
     def big_share(records: list[dict]) -> float:

@@ -221,9 +221,12 @@ class OfflineAgent:
                 chosen = c
                 break
         focus = next((c for c in usable if c.knob == f"catalog:{request.focus}"), None)
-        if focus is not None and rng.random() >= self.explore:
+        rival = max((c.predicted for c in usable if c is not focus and c.predicted is not None), default=None)
+        if focus is not None and rng.random() >= self.explore and (
+                rival is None or (focus.predicted is not None and focus.predicted >= rival)):
             # The schedule spent this turn on this technique's expected gain: anything else wastes the reason
-            # the turn was given, except for the ``explore`` share of draws that keeps the rest of the surface.
+            # the turn was given, except for the ``explore`` share of draws that keeps the rest of the surface,
+            # and unless this agent predicts more from another change (a measured slope, a size on a cost).
             chosen = focus
         kind, edits, hypothesis = f"{chosen.knob}:{chosen.direction}", chosen.edits, self._hypothesis(chosen, records)
         partner = self._trade_partner(chosen, usable, files, bar, tried)
