@@ -128,7 +128,8 @@ def evaluator():
 
 @pytest.fixture
 def objective():
-    return Objective("loss", "minimize", baseline_repeats=3, confirm_keeps={confirm}, scale="{scale}")
+    return Objective("loss", "minimize", baseline_repeats=3, confirm_keeps={confirm}, scale="{scale}",
+                     noise_sigmas={sigmas})
 
 
 @pytest.fixture
@@ -141,12 +142,13 @@ def test_levels(autoresearch_trial):
 '''
 
 
-def _levels(toy: ToyRun, script: list[dict], *, noisy: bool, scale: str, confirm: bool) -> list[dict]:
+def _levels(toy: ToyRun, script: list[dict], *, noisy: bool, scale: str, confirm: bool,
+            sigmas: float = 2.0) -> list[dict]:
     d = toy.root / "tasks" / "levels"
     (d / "recipe").mkdir(parents=True)
     (d / "recipe" / "train.py").write_text(RECIPE.format(noisy=noisy))
     (d / "evaluator.py").write_text(EVALUATOR)
-    (d / "test_levels.py").write_text(MODULE.format(confirm=confirm, scale=scale))
+    (d / "test_levels.py").write_text(MODULE.format(confirm=confirm, scale=scale, sigmas=sigmas))
     (toy.root / "conftest.py").write_text(SCRIPTED_CONFTEST)
     (toy.root / "script.json").write_text(json.dumps(script))
     proc = toy.run("tasks/levels", "--autoresearch-trials", str(len(script)), "--autoresearch-agent", "scripted")
@@ -169,8 +171,11 @@ def test_a_paired_gain_far_below_the_seed_spread_is_kept_when_scores_are_determi
 
 def test_a_seed_only_change_on_a_noisy_recipe_is_not_kept(toy: ToyRun):
     seeds_only = [{"edits": [edit("RNG_SEED = 1", f"RNG_SEED = {k}")]} for k in (2, 3, 4, 5)]
+    # At the default 2 sigmas, with the noise estimated from 3 baseline runs, a seed-only change is kept about
+    # once in a hundred sessions of four (screen and confirmation both pass by chance; it happened in a CI run),
+    # too often for a test. 3 sigmas makes that rare; the real 30% gain still clears it by far.
     recs = _levels(toy, seeds_only + [{"edits": [edit("LEVEL = 1.0", "LEVEL = 0.7")]}], noisy=True,
-                   scale="relative", confirm=True)
+                   scale="relative", confirm=True, sigmas=3.0)
     assert [r["label"] for r in recs[1:5]] == ["discard"] * 4, [(r["label"], r.get("acceptance")) for r in recs]
     assert recs[5]["label"] == "keep", "a real 30% gain clears the measured noise, side by side too"
     for r in recs[1:]:
