@@ -31,7 +31,7 @@ import math
 import random
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from .edits import EditError, apply_edits, content_hash
 from .lineage import LEGAL, Record, ranked
@@ -108,8 +108,9 @@ def catalog_priors(specs: Sequence[Any], files: Mapping[str, str], direction: st
 
 def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record], trial: int, seed: int,
                       explore: float = 1.0, min_turns: int = 1,
-                      priors: Mapping[str, Prior] | None = None) -> Turn:
-    """The specialist for ``trial`` under ``rule`` (see the module docstring)."""
+                      priors: Mapping[str, Prior] | Callable[[], Mapping[str, Prior]] | None = None) -> Turn:
+    """The specialist for ``trial`` under ``rule`` (see the module docstring). ``priors`` may be a callable,
+    called only while some specialist is still to have its first turns."""
     k = len(names)
     if rule == "random":
         i = random.Random(f"{seed}:{trial}").randrange(k)
@@ -134,7 +135,7 @@ def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record]
             i = list(names).index(last["specialist"])
             return Turn(i, rule, f"win-stay: {names[i]}'s last trial ({last['trial']}) was kept; "
                                  f"{len(fresh)} specialist(s) still to have their first {min_turns} turn(s)", arms)
-        priors = dict(priors or {})
+        priors = dict((priors() if callable(priors) else priors) or {})
         gain = {n: priors[n].gain if n in priors else 0.0 for n in names}
         for n in names:
             if n in priors:

@@ -531,11 +531,12 @@ class TaskRun:
         assert full.best is not None  # ensure_baseline guarantees one
         sc = self.cfg.search
         specs = self.specialists
-        priors = None
-        if str(self.cfg.schedule) == "bandit" and len(specs) > 1:
-            priors = catalog_priors(specs, self.repo.files_at(self.commit_of(full.best)),
-                                    self.task.objective.direction, float(full.best.get("score") or 0.0),
-                                    {r.get("content_hash") for r in records} - {None})
+
+        def priors() -> dict[str, Any]:  # read from git only during the first turns, not every trial
+            return catalog_priors(specs, self.repo.files_at(self.commit_of(full.best)),
+                                  self.task.objective.direction, float(full.best.get("score") or 0.0),
+                                  {r.get("content_hash") for r in records} - {None})
+
         turn = choose_specialist(str(self.cfg.schedule), [x.name for x in specs], records, trial,
                                  int(self.cfg.seed), explore=float(sc.bandit_explore),
                                  min_turns=int(sc.bandit_min_turns), priors=priors)
