@@ -5,9 +5,13 @@ A trial is kept when its mean paired gain over the best beats a bar:
     gain_i    = how much better the candidate is than the best on seed i (same seeds: a paired comparison),
                 in metric units (``scale="absolute"``) or as a log ratio (``scale="relative"``: timings, whose
                 noise grows with the score);
-    keep iff  mean(gain_i) > max(min_delta, noise_sigmas * sqrt(2 * var_run / n)).
+    keep iff  mean(gain_i) > max(min_delta, c * sqrt(2 * var_run / n)),
+    c       = the one-sided quantile of Student's t with var_run's degrees of freedom at the confidence
+              ``noise_sigmas`` standard normal deviations state (2 -> 97.7%).
 
-``var_run`` is the variance of one seed's score between two runs of the same code, pooled over every re-run
+A paired one-sided t-test, then: with few re-runs the variance estimate is itself uncertain (from one pair of
+runs it can be a tenth of the truth), and a normal quantile would keep noise far more often than stated; with
+many the quantile approaches ``noise_sigmas``. ``var_run`` is the variance of one seed's score between two runs of the same code, pooled over every re-run
 the lineage holds: the baseline's repeats (``Objective.baseline_repeats``) and the side-by-side re-runs of
 ``confirm_keeps``. Seed-to-seed spread is not noise (both trials ran the same seeds), and a deterministic
 score, whose re-runs agree exactly, has none: the bar is then ``min_delta`` alone. Until a task has any
@@ -15,8 +19,10 @@ re-run, the bar is ``min_delta`` too, and the record says so.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any, Iterable, Mapping, Sequence
 
 Record = Mapping[str, Any]
@@ -51,14 +57,16 @@ class Verdict:
     best_trial: int | None = None
     noise: str = ""
     gains: list[float] = field(default_factory=list)
+    critical: float | None = None    # the t quantile the standard error is multiplied by (None: unmeasured)
+    dof: int = 0                     # the noise estimate's degrees of freedom
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
         unit = "" if self.scale == "absolute" else " (log ratio)"
-        bar = (f"max(min_delta {self.min_delta:.3g}, {self.threshold:.3g})" if self.se is not None
-               else f"min_delta {self.min_delta:.3g}")
+        bar = (f"max(min_delta {self.min_delta:.3g}, t({self.dof} dof) {self.critical:.3g} x se {self.se:.3g})"
+               if self.se is not None and self.critical is not None else f"min_delta {self.min_delta:.3g}")
         return (f"paired gain {self.gain:+.4g}{unit} over {self.n} seed(s) vs trial {self.best_trial}; bar "
                 f"{self.threshold:.4g} = {bar}")
 
@@ -133,13 +141,24 @@ def min_delta_on_scale(objective: Any, best_score: float | None) -> float:
     return abs(math.log1p(md / abs(best_score)))
 
 
+@functools.lru_cache(maxsize=256)
+def critical_value(sigmas: float, dof: int) -> float:
+    """Student's t quantile, with ``dof`` degrees of freedom, at the one-sided confidence of ``sigmas`` normal
+    deviations (``dof`` <= 0: the normal quantile, ``sigmas`` itself)."""
+    if dof <= 0:
+        return float(sigmas)
+    from scipy.special import stdtrit  # scipy comes with scikit-learn; imported only once noise is measured
+
+    return float(stdtrit(dof, NormalDist().cdf(float(sigmas))))
+
+
 def bar_of(objective: Any, noise: Noise, n_seeds: int, min_delta: float) -> tuple[float, float | None]:
     """The bar a mean paired gain over ``n_seeds`` seeds must beat, and the standard error behind it (None when
     the noise is unmeasured, so the bar is ``min_delta``, already on the rule's scale)."""
     if noise.var is None:
         return min_delta, None
     se = math.sqrt(2.0 * noise.var / max(n_seeds, 1))
-    return max(min_delta, objective.noise_sigmas * se), se
+    return max(min_delta, critical_value(objective.noise_sigmas, noise.dof) * se), se
 
 
 def decide(candidate: Mapping[int, float], best: Mapping[int, float], objective: Any, noise: Noise,
@@ -161,7 +180,9 @@ def decide(candidate: Mapping[int, float], best: Mapping[int, float], objective:
     md = min_delta_on_scale(objective, best_mean) if scale == scale_of(objective) else float(objective.min_delta)
     threshold, se = bar_of(objective, noise, len(gains), md)
     return Verdict(keep=gain > threshold, gain=gain, threshold=threshold, se=se, n=len(gains), scale=scale,
-                   min_delta=md, best_trial=best_trial, noise=noise.describe(), gains=[round(g, 6) for g in gains])
+                   min_delta=md, best_trial=best_trial, noise=noise.describe(), gains=[round(g, 6) for g in gains],
+                   critical=None if se is None else round(critical_value(objective.noise_sigmas, noise.dof), 4),
+                   dof=noise.dof)
 
 
 def describe_rule(objective: Any, noise: Noise, n_seeds: int, best_score: float | None) -> str:
@@ -175,7 +196,9 @@ def describe_rule(objective: Any, noise: Noise, n_seeds: int, best_score: float 
         bar = f"min_delta = {md:.4g}; run-to-run noise is not measured yet"
     else:
         value, se = bar_of(objective, noise, n_seeds, md)
-        bar = f"max(min_delta {md:.4g}, {objective.noise_sigmas:g} x {se:.4g}) = {value:.4g}"
+        c = critical_value(objective.noise_sigmas, noise.dof)
+        bar = (f"max(min_delta {md:.4g}, {c:.3g} x {se:.4g}) = {value:.4g}, where {c:.3g} is Student's t quantile "
+               f"for {noise.dof} degree(s) of freedom at the confidence of {objective.noise_sigmas:g} sigmas")
         if scale == "relative":
             bar += f", i.e. {100 * math.expm1(value):.2f}% faster or better"
         bar += f"; {noise.describe()}"

@@ -63,13 +63,19 @@ class Objective:
     """The metric a trial is scored by, which way is better, and how sure a keep must be.
 
     A trial is kept when its mean per-seed gain over the best, on the same seeds, beats ``min_delta`` (metric
-    units) and ``noise_sigmas`` standard errors of run-to-run noise, measured from re-runs of the same code:
+    units) and a one-sided t-test at the confidence of ``noise_sigmas`` normal deviations (Student's t for the
+    noise estimate's degrees of freedom) on run-to-run noise, measured from re-runs of the same code:
     ``baseline_repeats`` > 1 re-runs the baseline, and with ``confirm_keeps`` a would-be keep is run again
     right after the best is re-run, and kept only if it still wins side by side; ``refresh_best_every=N``
     screens candidates against a measurement of the best at most N trials old (re-running it when needed), for
     timings on a machine whose speed drifts. ``scale="relative"`` compares
-    log ratios (for timings, whose noise grows with the score); ``"absolute"`` metric differences. See
-    ``pytest_autoresearch.acceptance``.
+    log ratios (for timings, whose noise grows with the score); ``"absolute"`` metric differences.
+    ``reseed_reruns=True`` is for training whose outcome is chaotic in its inputs (a small network trained for
+    a few hundred steps): re-runs of the same code on the same seed agree exactly, yet any edit moves the score
+    as far as a new seed would, so identical re-runs would measure no noise and let lucky edits through. The
+    re-runs (baseline repeats, both confirmation runs) then train on fresh seeds (seed + 1000 k), each standing
+    in for the budget's seed, so the noise measured is what a change that does nothing meets, and a confirmation
+    is an independent replicate. See ``pytest_autoresearch.acceptance``.
     """
 
     metric: str
@@ -80,6 +86,7 @@ class Objective:
     confirm_keeps: bool = False
     scale: Literal["absolute", "relative"] = "absolute"
     refresh_best_every: int = 0
+    reseed_reruns: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in ("minimize", "maximize"):

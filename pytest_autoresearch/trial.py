@@ -14,10 +14,10 @@ import math
 import os
 import shutil
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from . import early_stop, masking
 from .agents.base import AgentFatal, AgentStop, NoProposal, Proposal, ProposalRequest
@@ -35,6 +35,7 @@ from .task import Task, display_path
 from .vcs import RepoError, TaskRepo, read_recipe
 
 STAGE_LAYOUT = 2  # bump when the staged-data layout changes, so old stagings are redone
+RESEED_STRIDE = 1000  # re-run k of seed s trains on seed s + RESEED_STRIDE * k (Objective.reseed_reruns)
 
 
 class BaselineError(RuntimeError):
@@ -217,12 +218,16 @@ class TaskRun:
         return scrubbed_env(self.cache_dir, home, self.task.budget.threads)
 
     # -- running one commit ----------------------------------------------------------------------------
-    def execute(self, materialize: Callable[[Path], None], trial_dir: Path, stop_against: Record | None = None
-                ) -> Outcome:
+    def execute(self, materialize: Callable[[Path], None], trial_dir: Path, stop_against: Record | None = None,
+                seeds: Sequence[int] | None = None) -> Outcome:
         """Run the recipe ``materialize`` writes, then the evaluator; label what went wrong, if anything.
         With ``stop_against`` (the best, when early stopping is on), a train phase whose reported curve falls
-        clearly behind that record's curve is stopped, and the trial is a ``discard`` (``early_stop.py``)."""
+        clearly behind that record's curve is stopped, and the trial is a ``discard`` (``early_stop.py``).
+        ``seeds``: train on these instead of the budget's (a re-run on fresh seeds, ``rerun_seeds``); the
+        scores come back in the budget seeds' order, one per seed."""
         b = self.task.budget
+        if seeds is not None:
+            b = replace(b, seeds=tuple(seeds))
         st = self.staged()
         for sub in ("src", "eval-src", "out", "eval", "phases"):
             rmtree(trial_dir / sub)
@@ -390,11 +395,19 @@ class TaskRun:
     # Set when trials run on workers (workers.py): recipes run there, everything else here.
     dispatcher: Any = None
 
-    def run_recipe(self, commit: str, trial_dir: Path, stop_against: Record | None = None) -> Outcome:
+    def run_recipe(self, commit: str, trial_dir: Path, stop_against: Record | None = None,
+                   seeds: Sequence[int] | None = None) -> Outcome:
         """``execute`` on ``commit``: here, or on this trial's worker when trials are dispatched."""
         if self.dispatcher is not None:
-            return self.dispatcher.run_recipe(commit, trial_dir, stop_against)
-        return self.execute(self._export(commit), trial_dir, stop_against=stop_against)
+            return self.dispatcher.run_recipe(commit, trial_dir, stop_against, seeds=seeds)
+        return self.execute(self._export(commit), trial_dir, stop_against=stop_against, seeds=seeds)
+
+    def rerun_seeds(self, k: int) -> tuple[int, ...] | None:
+        """The seeds of the ``k``-th re-run of some code (k >= 1): the budget's own (None), or with
+        ``Objective.reseed_reruns`` fresh ones, seed + 1000 k, which stand in for the budget's seed by seed."""
+        if k < 1 or not getattr(self.task.objective, "reseed_reruns", False):
+            return None
+        return tuple(int(s) + RESEED_STRIDE * k for s in self.task.budget.seeds)
 
     def ensure_baseline(self) -> Record:
         """Trial 0: the baseline recipe, committed and measured once per task (the first worker does it).
@@ -492,11 +505,15 @@ class TaskRun:
         if syntax:
             return Outcome("crash", syntax)
         runs: list[Outcome] = []
+        ran_on: list[list[int]] = []
         for i in range(self.task.objective.baseline_repeats):
-            outcome = self.run_recipe(commit, self._trial_dir(0) / f"run-{i}" if i else self._trial_dir(0))
+            seeds = self.rerun_seeds(i)
+            outcome = self.run_recipe(commit, self._trial_dir(0) / f"run-{i}" if i else self._trial_dir(0),
+                                      seeds=seeds)
             if outcome.label is not None:
                 return outcome
             runs.append(outcome)
+            ran_on.append(list(seeds or self.task.budget.seeds))
         first = runs[0]
         if len(runs) > 1:
             scores = [o.score for o in runs if o.score is not None]
@@ -508,6 +525,8 @@ class TaskRun:
                 # Each run's per-seed scores: re-runs of the same code are what measures run-to-run noise.
                 first.metrics["score_runs"] = per
                 first.metrics["score_per_seed"] = [sum(col) / len(col) for col in zip(*per)]
+                if getattr(self.task.objective, "reseed_reruns", False):
+                    first.metrics["score_runs_seeds"] = ran_on
             for i in range(1, len(runs)):
                 self._cleanup_dir(self._trial_dir(0) / f"run-{i}")
         return first
@@ -647,9 +666,11 @@ class TaskRun:
         if not screen.keep:
             outcome.verdict = screen
             return "discard"
+        # With reseed_reruns both re-runs train on the same fresh seeds: an independent paired replicate.
+        fresh = self.rerun_seeds(max(obj.baseline_repeats, 1) + trial)
         try:
-            again_best = self.run_recipe(self.commit_of(b), self._trial_dir(trial) / "confirm-best")
-            again = self.run_recipe(commit, self._trial_dir(trial) / "confirm")
+            again_best = self.run_recipe(self.commit_of(b), self._trial_dir(trial) / "confirm-best", seeds=fresh)
+            again = self.run_recipe(commit, self._trial_dir(trial) / "confirm", seeds=fresh)
         finally:
             for sub in ("confirm-best", "confirm"):
                 self._cleanup_dir(self._trial_dir(trial) / sub)
@@ -662,6 +683,8 @@ class TaskRun:
                    "seeds": seeds,
                    "runs_per_seed": [[first[s] for s in seeds], [second.get(s) for s in seeds]],
                    "best_runs_per_seed": [[_single_run(b).get(s) for s in seeds], [best_again.get(s) for s in seeds]]}
+        if fresh is not None:
+            confirm["rerun_seeds"] = list(fresh)
         outcome.score = (outcome.score + again.score) / 2
         outcome.metrics[obj.metric] = outcome.score
         if isinstance(outcome.metrics.get("score_per_seed"), list):
@@ -707,6 +730,7 @@ class TaskRun:
         return fresh
 
     def _per_seed(self, outcome: Outcome) -> dict[int, float]:
+        # A re-run on fresh seeds reports its scores in the budget seeds' order: each stands in for that seed.
         return per_seed({"metrics": outcome.metrics, "seeds": list(self.task.budget.seeds), "score": outcome.score})
 
     def _apply_proposal_meta(self, rec: Record, p: Proposal) -> None:

@@ -54,6 +54,7 @@ class WorkerJob:
     worker: int = 0
     visible_devices: str | None = None   # the device(s) this slot may use; None: as the job was started
     hide_devices: bool = False           # unset CUDA_VISIBLE_DEVICES (a local job on a machine without GPUs)
+    seeds: tuple[int, ...] | None = None  # train on these instead of the budget's (a re-run on fresh seeds)
 
 
 @dataclass
@@ -83,7 +84,7 @@ def run_on_worker(job: WorkerJob) -> WorkerResult:
             (dest / rel).write_bytes(data)
         freeze(dest)
 
-    outcome = run.execute(materialize, job.trial_dir, stop_against=job.stop_against)
+    outcome = run.execute(materialize, job.trial_dir, stop_against=job.stop_against, seeds=job.seeds)
     return WorkerResult(outcome, {"host": socket.gethostname(), "pid": os.getpid(), "slot": job.worker,
                                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                   "started": started, "ended": time.time(),
@@ -178,13 +179,14 @@ class Dispatcher:
                 self.free.append(self.local.worker)
 
     # -- called by TaskRun.run_recipe, in a thread holding the controller ---------------------------------
-    def run_recipe(self, commit: str, trial_dir: Path, stop_against: Any = None) -> Any:
+    def run_recipe(self, commit: str, trial_dir: Path, stop_against: Any = None,
+                   seeds: tuple[int, ...] | None = None) -> Any:
         run = self.run
         wid = getattr(self.local, "worker", 0)
         job = WorkerJob(task=run.task, cfg=run.cfg, root=Path(run.dir).parent, session_id=run.session_id,
                         agent_name=run.agent_name, device=run.device, files=tree_files(run.repo, commit),
                         trial_dir=Path(trial_dir), staged=run.staged(), fingerprint=run._fingerprint,
-                        stop_against=stop_against, worker=wid,
+                        stop_against=stop_against, worker=wid, seeds=tuple(seeds) if seeds else None,
                         visible_devices=self.devices[wid % len(self.devices)] if self.devices else None,
                         hide_devices=self.executor.cluster == "local" and not run.device.startswith("cuda"))
         submitted = self.executor.submit(run_on_worker, job)

@@ -89,7 +89,8 @@ def test_one_source_of_truth_for_the_metric_and_the_rule(timed: Task) -> None:
     assert objective.startswith("minimize recipe_cpu_seconds: CPU seconds of one seed's train plus predict phases")
     assert "Other timings in the records (train_seconds, recipe_seconds) are context, not the score" in objective
     assert "log ratio" in objective and "min_delta is 0 recipe_cpu_seconds" in objective
-    assert "2 x the standard error" in objective and "run again right after the best is re-run" in objective
+    assert "c x the standard error" in objective and "confidence of 2 sigmas" in objective
+    assert "run again right after the best is re-run" in objective and "fresh seeds" not in objective
     assert "at most 4 trials old" in objective and "seed-to-seed spread" in objective
     assert "14 s of wall-clock time" in rules and "acc_mean>=0.978 (a trial failing it is labelled gate_miss)" in rules
     assert "smoke_test" in rules and "lineage_query" in rules

@@ -178,13 +178,19 @@ def keep_rule_text(objective: "Objective") -> str:
     direction = "lower" if objective.direction == "minimize" else "higher"
     text = (f"A legal trial is kept when the mean over seeds of its per-seed gain over the current best "
             f"(the same seeds, compared seed by seed; gain = how much {direction} its score is, in {unit}) exceeds "
-            f"the bar max(min_delta, {objective.noise_sigmas:g} x the standard error of that mean gain). The standard "
+            f"the bar max(min_delta, c x the standard error of that mean gain): a one-sided paired t-test, c being "
+            f"Student's t quantile at the confidence of {objective.noise_sigmas:g} sigmas for the noise estimate's "
+            f"degrees of freedom (large while few re-runs exist). The standard "
             f"error comes from run-to-run noise measured by re-running identical code (baseline repeats, "
             f"confirmation re-runs), not from seed-to-seed spread; while none is measured, the bar is min_delta "
             f"alone. min_delta is {objective.min_delta:g} {objective.metric}.")
     if objective.confirm_keeps:
         text += (" A trial that passes is run again right after the best is re-run, and kept only if it still "
                  "passes side by side; its score is then the mean of its two runs.")
+    if getattr(objective, "reseed_reruns", False):
+        text += (" Training here is chaotic: any edit moves the score about as far as a new seed, so every re-run "
+                 "(baseline repeats, confirmations) trains on fresh seeds, and the noise is what an edit that "
+                 "does nothing would meet.")
     if objective.refresh_best_every:
         text += (f" Candidates are screened against a measurement of the best at most "
                  f"{objective.refresh_best_every} trials old (the best is re-run when needed).")
@@ -202,8 +208,8 @@ def keep_bar_text(objective: "Objective", records: list[Record]) -> str:
     v = decide(scores, scores, objective, measured_noise(records, objective), b["trial"])
     minimize = objective.direction == "minimize"
     mean = sum(scores.values()) / len(scores)
-    bar = (f"max(min_delta {v.min_delta:.4g}, {objective.noise_sigmas:g} x standard error {v.se:.4g}) = "
-           f"{v.threshold:.4g}" if v.se is not None else f"min_delta = {v.threshold:.4g} (no run-to-run noise "
+    bar = (f"max(min_delta {v.min_delta:.4g}, t quantile {v.critical:.3g} ({v.dof} dof) x standard error "
+           f"{v.se:.4g}) = {v.threshold:.4g}" if v.se is not None else f"min_delta = {v.threshold:.4g} (no run-to-run noise "
                                                           f"measured yet)")
     if v.scale == "relative":
         target = mean * (math.exp(-v.threshold) if minimize else math.exp(v.threshold))

@@ -209,8 +209,12 @@ def evaluator(autoresearch_variant: str) -> Evaluator:
 @pytest.fixture
 def objective(autoresearch_variant: str) -> Objective:
     if autoresearch_variant == "mini":
-        # One seed of the baseline scores 0.155 / 0.162 / 0.129 across seeds 0-2: demand a real margin.
-        return Objective("mini_core", "maximize", min_delta=0.01)
+        # Deterministic per seed, yet chaotic: the baseline scores 0.155 / 0.162 / 0.129 on seeds 0-2, and an
+        # edit lands as far off as a new seed (procedural_fraction 0.3 -> 0.375 moved seeds 0-2 by +0.026,
+        # -0.027, -0.011; it looked like +17% on seed 0 alone). So re-runs train on fresh seeds and the bar is
+        # a t-test on that spread, min_delta its floor.
+        return Objective("mini_core", "maximize", min_delta=0.01, baseline_repeats=3, confirm_keeps=True,
+                         reseed_reruns=True)
     return Objective("core", "maximize")
 
 
