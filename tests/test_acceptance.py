@@ -157,7 +157,7 @@ def test_levels(autoresearch_trial):
 
 
 def _levels(toy: ToyRun, script: list[dict], *, noisy: bool, scale: str, confirm: bool,
-            sigmas: float = 2.0, reseed: bool = False, recipe: str | None = None) -> list[dict]:
+            sigmas: float = 2.0, reseed: bool = False, recipe: str | None = None, args: tuple = ()) -> list[dict]:
     d = toy.root / "tasks" / "levels"
     (d / "recipe").mkdir(parents=True)
     (d / "recipe" / "train.py").write_text(recipe or RECIPE.format(noisy=noisy))
@@ -165,7 +165,7 @@ def _levels(toy: ToyRun, script: list[dict], *, noisy: bool, scale: str, confirm
     (d / "test_levels.py").write_text(MODULE.format(confirm=confirm, scale=scale, sigmas=sigmas, reseed=reseed))
     (toy.root / "conftest.py").write_text(SCRIPTED_CONFTEST)
     (toy.root / "script.json").write_text(json.dumps(script))
-    proc = toy.run("tasks/levels", "--autoresearch-trials", str(len(script)), "--autoresearch-agent", "scripted")
+    proc = toy.run("tasks/levels", "--autoresearch-trials", str(len(script)), "--autoresearch-agent", "scripted", *args)
     assert "INTERNALERROR" not in proc.output
     toy.output = proc.output  # type: ignore[attr-defined]
     return toy.records("levels")
@@ -268,3 +268,14 @@ def test_re_runs_on_fresh_seeds_measure_what_an_edit_that_does_nothing_meets(toy
     # Both confirmation runs trained on the same fresh seeds, which no earlier run used.
     assert halved["metrics"]["confirm"]["rerun_seeds"] == [s + 1000 * (3 + 7) for s in (0, 1, 2, 3)]
     assert halved["acceptance"]["dof"] == dof + 8
+
+
+def test_fresh_seeds_reach_recipes_that_run_on_workers(toy: ToyRun):
+    recs = _levels(toy, [{"edits": [edit("LEVEL = 1.0", "LEVEL = 0.5")]}], noisy=False, scale="relative",
+                   confirm=True, reseed=True, recipe=CHAOTIC_RECIPE,
+                   args=("--autoresearch-override", "workers.executor=local", "--autoresearch-override", "workers.n=2"))
+    base = recs[0]["metrics"]
+    assert base["score_runs_seeds"][2] == [2000, 2001, 2002, 2003]
+    assert len({tuple(r) for r in base["score_runs"]}) == 3, "each worker run trained on the seeds it was given"
+    assert recs[1]["label"] == "keep" and recs[1]["metrics"]["confirm"]["rerun_seeds"][0] == 4000
+    assert recs[1]["metrics"]["confirm"]["runs_per_seed"][0] != recs[1]["metrics"]["confirm"]["runs_per_seed"][1]
