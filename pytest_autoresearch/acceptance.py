@@ -11,11 +11,15 @@ A trial is kept when its mean paired gain over the best beats a bar:
 
 A paired one-sided t-test, then: with few re-runs the variance estimate is itself uncertain (from one pair of
 runs it can be a tenth of the truth), and a normal quantile would keep noise far more often than stated; with
-many the quantile approaches ``noise_sigmas``. ``var_run`` is the variance of one seed's score between two runs of the same code, pooled over every re-run
+many the quantile approaches ``noise_sigmas``.
+
+``var_run`` is the variance of one seed's score between two runs of the same code, pooled over every re-run
 the lineage holds: the baseline's repeats (``Objective.baseline_repeats``) and the side-by-side re-runs of
 ``confirm_keeps``. Seed-to-seed spread is not noise (both trials ran the same seeds), and a deterministic
-score, whose re-runs agree exactly, has none: the bar is then ``min_delta`` alone. Until a task has any
-re-run, the bar is ``min_delta`` too, and the record says so.
+score, whose re-runs agree exactly, has none: the bar is then ``min_delta`` alone. The exception is chaotic
+training, where any edit moves a seed's score as far as a new seed would: with ``Objective.reseed_reruns``
+the re-runs train on fresh seeds, so their spread is that seed-to-seed spread. Until a task has any re-run,
+the bar is ``min_delta`` too, and the record says so.
 """
 from __future__ import annotations
 

@@ -208,9 +208,11 @@ def keep_bar_text(objective: "Objective", records: list[Record]) -> str:
     v = decide(scores, scores, objective, measured_noise(records, objective), b["trial"])
     minimize = objective.direction == "minimize"
     mean = sum(scores.values()) / len(scores)
-    bar = (f"max(min_delta {v.min_delta:.4g}, t quantile {v.critical:.3g} ({v.dof} dof) x standard error "
-           f"{v.se:.4g}) = {v.threshold:.4g}" if v.se is not None else f"min_delta = {v.threshold:.4g} (no run-to-run noise "
-                                                          f"measured yet)")
+    if v.se is not None:
+        bar = (f"max(min_delta {v.min_delta:.4g}, t quantile {v.critical:.3g} ({v.dof} dof) x standard error "
+               f"{v.se:.4g}) = {v.threshold:.4g}")
+    else:
+        bar = f"min_delta = {v.threshold:.4g} (no run-to-run noise measured yet)"
     if v.scale == "relative":
         target = mean * (math.exp(-v.threshold) if minimize else math.exp(v.threshold))
         pct = 100 * -math.expm1(-v.threshold) if minimize else 100 * math.expm1(v.threshold)
