@@ -18,7 +18,10 @@ the lineage holds: the baseline's repeats (``Objective.baseline_repeats``) and t
 ``confirm_keeps``. Seed-to-seed spread is not noise (both trials ran the same seeds), and a deterministic
 score, whose re-runs agree exactly, has none: the bar is then ``min_delta`` alone. The exception is chaotic
 training, where any edit moves a seed's score as far as a new seed would: with ``Objective.reseed_reruns``
-the re-runs train on fresh seeds, so their spread is that seed-to-seed spread. Until a task has any re-run,
+the re-runs train on fresh seeds, so their spread is that seed-to-seed spread. A candidate that ignores the
+seed it is given (a pinned ``torch.manual_seed``) would carry a lucky draw onto the fresh seeds and pool two
+identical runs as zero noise: one whose fresh-seed re-run repeats its first run exactly, while the best's moved,
+is not confirmed (``confirm.seed_ignored``) and its pair stays out of the pool. Until a task has any re-run,
 the bar is ``min_delta`` too, and the record says so.
 """
 from __future__ import annotations
@@ -107,7 +110,10 @@ def _run_groups(rec: Record) -> Iterable[tuple[str, list[list[float]]]]:
     elif isinstance(m.get("score_repeats"), list) and len(m["score_repeats"]) >= 2:
         yield f"trial {rec.get('trial')} repeats", [[v] for v in m["score_repeats"]]
     c = m.get("confirm") or {}
-    for key, what in (("runs_per_seed", "re-run"), ("best_runs_per_seed", "re-run of the best")):
+    # A candidate that pinned its seed ran one draw twice: its pair says nothing about noise (trial.py).
+    keys = (("best_runs_per_seed", "re-run of the best"),) if c.get("seed_ignored") else (
+        ("runs_per_seed", "re-run"), ("best_runs_per_seed", "re-run of the best"))
+    for key, what in keys:
         runs = c.get(key)
         if isinstance(runs, list) and len(runs) >= 2:
             yield f"trial {rec.get('trial')} {what}", runs
@@ -187,6 +193,19 @@ def decide(candidate: Mapping[int, float], best: Mapping[int, float], objective:
                    min_delta=md, best_trial=best_trial, noise=noise.describe(), gains=[round(g, 6) for g in gains],
                    critical=None if se is None else round(critical_value(objective.noise_sigmas, noise.dof), 4),
                    dof=noise.dof)
+
+
+def bar_fraction(objective: Any, records: Sequence[Record], best: Record | None) -> float | None:
+    """The keep bar now, as a fraction of the best score: what a change must move the score by to be kept
+    (None without a scored best, or when the bar is 0)."""
+    score = best.get("score") if best else None
+    if not isinstance(score, (int, float)) or not score:
+        return None
+    bar, _ = bar_of(objective, measured_noise(records, objective), len(per_seed(best)),
+                    min_delta_on_scale(objective, score))
+    if scale_of(objective) == "absolute":
+        bar /= abs(float(score))
+    return bar or None
 
 
 def describe_rule(objective: Any, noise: Noise, n_seeds: int, best_score: float | None) -> str:

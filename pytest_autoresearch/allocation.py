@@ -7,14 +7,18 @@ Specialists (``schedule``):
 - ``bandit``       UCB1 over each specialist's measured *yield*: every finished trial of a specialist scores
                    ``reward / relative_cost``, where the reward is how far its paired gain got toward the keep
                    bar (0 for a failure or a loss, 0.5 at the bar, up to 1 at twice the bar) and the relative
-                   cost is its wall seconds over the median trial's (clipped to 0.25..4). A specialist that
-                   has not had ``search.bandit_min_turns`` turns plays first. Illegal trials score 0, so the
-                   legality rate is part of the yield.
-                   Those first turns are ordered, not dealt round-robin: a specialist whose last trial was
-                   kept plays again (win-stay: a line that just paid off is worth one more step before the
-                   untried arms), and otherwise the untried arm with the largest *prior* goes first: the
-                   largest gain its task's catalog expects from a technique that still applies to the best
-                   (``catalog_priors``), so the techniques the task author rates highest are measured first.
+                   cost is its wall seconds over the median trial's (clipped to 0.25..4). Illegal trials score
+                   0, so the legality rate is part of the yield.
+                   Each arm's *prior* counts as one pseudo-turn of that yield: the largest gain its task's
+                   catalog expects from a technique that still applies to the best and was not measured
+                   (``catalog_priors``), scored on the same reward scale against the keep bar. So the
+                   techniques the task author rates highest are measured first, a specialist with nothing
+                   expected to clear the bar waits while one whose line pays off plays again, and the prior
+                   fades as measured turns outweigh it (a catalog whose expectations the machine does not bear
+                   out stops steering). Index: ``(prior_reward + sum(yields)) / (1 + n) + explore *
+                   sqrt(2 ln(1 + N) / (1 + n))``; ties go to the arm with fewer turns, then the task's order.
+                   ``search.bandit_min_turns`` > 0 first deals every specialist that many turns (largest prior
+                   first; a specialist whose last trial was kept plays again, win-stay).
 
 Parents (``search.parent``):
 
@@ -106,11 +110,22 @@ def catalog_priors(specs: Sequence[Any], files: Mapping[str, str], direction: st
     return out
 
 
+def prior_reward(gain: float, bar: float | None) -> float:
+    """A predicted gain (fraction of the best score) on ``reward``'s scale: 0.5 at the keep bar ``bar`` (also a
+    fraction), 1 at twice it; with no bar (a deterministic score) any predicted gain is worth 0.5."""
+    if gain <= 0:
+        return 0.0
+    if bar is None or bar <= 0:
+        return 0.5
+    return min(gain / bar, 2.0) / 2.0
+
+
 def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record], trial: int, seed: int,
-                      explore: float = 1.0, min_turns: int = 1,
-                      priors: Mapping[str, Prior] | Callable[[], Mapping[str, Prior]] | None = None) -> Turn:
+                      explore: float = 1.0, min_turns: int = 0,
+                      priors: Mapping[str, Prior] | Callable[[], Mapping[str, Prior]] | None = None,
+                      bar: float | None = None) -> Turn:
     """The specialist for ``trial`` under ``rule`` (see the module docstring). ``priors`` may be a callable,
-    called only while some specialist is still to have its first turns."""
+    called only when the bandit decides; ``bar`` is the keep bar now, as a fraction of the best score."""
     k = len(names)
     if rule == "random":
         i = random.Random(f"{seed}:{trial}").randrange(k)
@@ -135,30 +150,34 @@ def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record]
             i = list(names).index(last["specialist"])
             return Turn(i, rule, f"win-stay: {names[i]}'s last trial ({last['trial']}) was kept; "
                                  f"{len(fresh)} specialist(s) still to have their first {min_turns} turn(s)", arms)
-        priors = dict((priors() if callable(priors) else priors) or {})
-        gain = {n: priors[n].gain if n in priors else 0.0 for n in names}
-        for n in names:
-            if n in priors:
-                arms[n]["prior"] = round(gain[n], 5)
+    priors = dict((priors() if callable(priors) else priors) or {})
+    gain = {n: priors[n].gain if n in priors else 0.0 for n in names}
+    for n in names:
+        if n in priors:
+            arms[n]["prior"] = round(gain[n], 5)
+    if fresh:
         # Fewest turns first; among those the largest prior, then the order the task lists them in.
         i = min(fresh, key=lambda j: (arms[names[j]]["turns"], -gain[names[j]], j))
         why = f"{names[i]} has had {arms[names[i]]['turns']} of its first {min_turns} turn(s)"
-        focus = priors[names[i]].technique if gain[names[i]] > 0 else None
-        if focus:
-            why += (f"; its catalog expects up to {100 * gain[names[i]]:.2g}% from '{focus}' (the largest prior "
-                    f"among them)")
-        return Turn(i, rule, why, arms, focus=focus)
-    total = sum(a["turns"] for a in arms.values())
-    for a in arms.values():
-        a["bonus"] = round(explore * math.sqrt(2.0 * math.log(total) / a["turns"]), 4)
-        a["index"] = round(a["yield"] + a["bonus"], 4)
-    rng = random.Random(f"{seed}:{trial}:bandit")
-    top = max(a["index"] for a in arms.values())
-    i = rng.choice([j for j, n in enumerate(names) if arms[n]["index"] == top])
-    a = arms[names[i]]
-    return Turn(i, rule, f"highest UCB index {a['index']:.3f} = yield {a['yield']:.3f} + exploration "
-                         f"{a['bonus']:.3f} ({a['turns']} turns, {a['keeps']} keep(s), "
-                         f"{100 * a['legal']:.0f}% legal)", arms)
+    else:
+        total = sum(a["turns"] for a in arms.values())
+        for n, a in arms.items():
+            r0 = prior_reward(gain[n], bar)
+            a["prior_reward"] = round(r0, 4)
+            a["bonus"] = round(explore * math.sqrt(2.0 * math.log(1 + total) / (1 + a["turns"])), 4)
+            a["index"] = round((r0 + a["turns"] * (a["yield"] or 0.0)) / (1 + a["turns"]) + a["bonus"], 4)
+        i = min(range(k), key=lambda j: (-arms[names[j]]["index"], arms[names[j]]["turns"], j))
+        a = arms[names[i]]
+        why = (f"highest UCB index {a['index']:.3f} = mean of prior {a['prior_reward']:.3f} and {a['turns']} "
+               f"turn(s) of yield {a['yield'] if a['yield'] is not None else 0:.3f}, plus exploration "
+               f"{a['bonus']:.3f} ({a['keeps']} keep(s)"
+               + (f", {100 * a['legal']:.0f}% legal)" if a["legal"] is not None else ")"))
+    focus = priors[names[i]].technique if gain[names[i]] > 0 else None
+    if focus:
+        why += f"; its catalog expects up to {100 * gain[names[i]]:.2g}% from '{focus}'"
+        if fresh:
+            why += " (the largest prior among them)"
+    return Turn(i, rule, why, arms, focus=focus)
 
 
 def choose_parent(rule: str, records: Sequence[Record], direction: str, best: Record, specialist: str,

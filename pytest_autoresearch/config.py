@@ -62,7 +62,7 @@ class SearchConf:
     parent: str = "best"              # best | tournament | own_line
     parent_k: int = 3                 # tournament size: the top-k legal trials
     bandit_explore: float = 0.5       # UCB exploration weight (schedule=bandit)
-    bandit_min_turns: int = 1         # turns each specialist gets before yields are compared
+    bandit_min_turns: int = 0         # turns dealt to every specialist before the bandit decides
     specialists: str = "separate"     # separate | merged (one agent owning every surface)
     lineage_view: bool = True         # false: agents see only their parent (the no-lineage ablation)
     early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
@@ -150,10 +150,10 @@ def _check_ranges(cfg: Any) -> None:
     positive = ["budget.train_seconds", "budget.eval_seconds", "budget.predict_seconds", "budget.seeds",
                 "budget.artifact_bytes", "budget.threads", "lineage.lock_timeout_s", "sandbox.memory_bytes",
                 "sandbox.max_procs", "sandbox.open_files", "sandbox.file_bytes", "sandbox.tmp_bytes",
-                "sandbox.log_bytes", "search.parent_k", "search.bandit_min_turns", "search.early_stop.patience",
+                "sandbox.log_bytes", "search.parent_k", "search.early_stop.patience",
                 "workers.n", "workers.timeout_min"]
     non_negative = ["budget.prepare_seconds", "budget.startup_seconds", "lineage.top_k", "lineage.recent",
-                    "lineage.failures", "search.bandit_explore", "search.early_stop.margin",
+                    "lineage.failures", "search.bandit_explore", "search.bandit_min_turns", "search.early_stop.margin",
                     "search.early_stop.min_fraction"]
     from omegaconf import OmegaConf
 

@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from . import early_stop, masking
 from .agents.base import AgentFatal, AgentStop, NoProposal, Proposal, ProposalRequest
@@ -26,7 +26,7 @@ from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, ch
                     content_hash)
 from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
-from .acceptance import Verdict, decide, measured_noise, per_seed
+from .acceptance import Verdict, bar_fraction, decide, measured_noise, per_seed
 from .allocation import catalog_priors, choose_parent, choose_specialist, merge_specialists
 from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view
 from .runner import Phase, PhaseResult, run_phase, scrubbed_env
@@ -551,14 +551,15 @@ class TaskRun:
         sc = self.cfg.search
         specs = self.specialists
 
-        def priors() -> dict[str, Any]:  # read from git only during the first turns, not every trial
+        def priors() -> dict[str, Any]:  # read from git only when the bandit decides
             return catalog_priors(specs, self.repo.files_at(self.commit_of(full.best)),
                                   self.task.objective.direction, float(full.best.get("score") or 0.0),
                                   {r.get("content_hash") for r in records} - {None})
 
         turn = choose_specialist(str(self.cfg.schedule), [x.name for x in specs], records, trial,
                                  int(self.cfg.seed), explore=float(sc.bandit_explore),
-                                 min_turns=int(sc.bandit_min_turns), priors=priors)
+                                 min_turns=int(sc.bandit_min_turns), priors=priors,
+                                 bar=bar_fraction(self.task.objective, records, full.best))
         spec = specs[turn.index]
         parent, parent_why = choose_parent(str(sc.parent), records, self.task.objective.direction, full.best,
                                            spec.name, trial, int(self.cfg.seed), k=int(sc.parent_k))
@@ -679,12 +680,23 @@ class TaskRun:
             return "discard"
         second, best_again = self._per_seed(again), self._per_seed(again_best)
         seeds = sorted(first)
+        pinned = fresh is not None and _ignores_seed(first, second, _single_run(b), best_again, seeds)
         confirm = {"runs": [outcome.score, again.score], "best_trial": b["trial"], "best_rerun": again_best.score,
                    "seeds": seeds,
                    "runs_per_seed": [[first[s] for s in seeds], [second.get(s) for s in seeds]],
                    "best_runs_per_seed": [[_single_run(b).get(s) for s in seeds], [best_again.get(s) for s in seeds]]}
         if fresh is not None:
             confirm["rerun_seeds"] = list(fresh)
+        if pinned:
+            # Its two runs are one draw twice: no replicate, and no run-to-run variance to pool (acceptance).
+            confirm["seed_ignored"] = True
+            outcome.metrics["confirm"] = confirm
+            outcome.verdict = screen
+            outcome.notes = (f"not confirmed: on fresh seeds {list(fresh)} it reproduced its first run's score on "
+                             f"every seed exactly while the best's re-run moved, so it does not train on the seed "
+                             f"it is given (a pinned seed) and a fresh-seed replicate cannot confirm it; draw every "
+                             f"random number from ctx.seed")
+            return "discard"
         outcome.score = (outcome.score + again.score) / 2
         outcome.metrics[obj.metric] = outcome.score
         if isinstance(outcome.metrics.get("score_per_seed"), list):
@@ -900,6 +912,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _ignores_seed(first: Mapping[int, float], second: Mapping[int, float], best_first: Mapping[int, float],
+                  best_second: Mapping[int, float], seeds: Sequence[int]) -> bool:
+    """A candidate re-run on fresh seeds that scores exactly what its first run did on every seed, where the
+    best's own re-run on those seeds moved: the task's training depends on its seed, the candidate's does not."""
+    same = all(second.get(s) == first.get(s) for s in seeds)
+    best_moved = any(isinstance(best_first.get(s), (int, float)) and best_second.get(s) != best_first.get(s)
+                     for s in seeds)
+    return same and best_moved
 
 
 def _single_run(rec: Record) -> dict[int, float]:

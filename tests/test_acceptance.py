@@ -279,3 +279,38 @@ def test_fresh_seeds_reach_recipes_that_run_on_workers(toy: ToyRun):
     assert len({tuple(r) for r in base["score_runs"]}) == 3, "each worker run trained on the seeds it was given"
     assert recs[1]["label"] == "keep" and recs[1]["metrics"]["confirm"]["rerun_seeds"][0] == 4000
     assert recs[1]["metrics"]["confirm"]["runs_per_seed"][0] != recs[1]["metrics"]["confirm"]["runs_per_seed"][1]
+
+
+# The seed reaches the training through the opt region, as it does in a recipe that seeds torch in its own code.
+PINNABLE_RECIPE = CHAOTIC_RECIPE.replace("SALT = 1\n", "SALT = 1\n\n\ndef seed_of(seed):\n    return seed\n").replace(
+    "str(ctx.seed)", "str(seed_of(ctx.seed))")
+
+
+def _draw(code: str, seed: int) -> float:
+    import hashlib
+
+    u = int.from_bytes(hashlib.sha256(code.encode() + str(seed).encode()).digest()[:4], "big") / 2 ** 32
+    return 1 + 0.4 * (u - 0.5)
+
+
+def test_a_candidate_that_pins_a_lucky_seed_is_not_confirmed_on_fresh_seeds(toy: ToyRun):
+    # The shortcut: ignore ctx.seed and train on a seed whose draw is known to be lucky. The screen sees a large
+    # paired gain on every seed, and on fresh seeds the same lucky draw would beat the best's honest ones again.
+    pinned_code = PINNABLE_RECIPE.replace("    return seed\n", "    return LUCKY\n").replace(
+        "SALT = 1\n", "SALT = 1\nLUCKY = 0\n")
+    lucky = min(range(4000), key=lambda k: _draw(pinned_code.replace("LUCKY = 0\n", f"LUCKY = {k}\n"), k))
+    assert _draw(pinned_code.replace("LUCKY = 0\n", f"LUCKY = {lucky}\n"), lucky) < 0.81
+    attack = {"edits": [edit("SALT = 1\n", f"SALT = 1\nLUCKY = {lucky}\n"),
+                        edit("    return seed\n", "    return LUCKY\n")]}
+    recs = _levels(toy, [attack, {"edits": [edit("LEVEL = 1.0", "LEVEL = 0.5")]}], noisy=False, scale="relative",
+                   confirm=True, reseed=True, sigmas=1.0, recipe=PINNABLE_RECIPE)
+    pinned, honest = recs[1], recs[2]
+    confirm = pinned["metrics"]["confirm"]
+    assert confirm["runs_per_seed"][0] == confirm["runs_per_seed"][1], "one draw, twice"
+    assert pinned["acceptance"]["gain"] > pinned["acceptance"]["threshold"], "the lucky draw passed the screen"
+    assert pinned["label"] == "discard" and confirm.get("seed_ignored") is True, confirm
+    assert "does not train on the seed it is given" in pinned["notes"] and "[4000, 4001" in pinned["notes"]
+    # Its identical pair stays out of the noise pool; the best's re-run beside it, on fresh seeds, counts.
+    assert honest["label"] == "keep"
+    assert honest["acceptance"]["dof"] == 8 + 4 + 8, honest["acceptance"]
+    assert "seed_ignored" not in honest["metrics"]["confirm"]

@@ -7,8 +7,8 @@ from collections import Counter
 from conftest import ToyRun
 from toytask import edit, write_toy_task
 
-from pytest_autoresearch.allocation import (catalog_priors, choose_parent, choose_specialist, merge_specialists,
-                                           reward)
+from pytest_autoresearch.allocation import (Prior, catalog_priors, choose_parent, choose_specialist,
+                                           merge_specialists, reward)
 from pytest_autoresearch.edits import Edit, apply_edits, content_hash
 from pytest_autoresearch.early_stop import interpolate, reference, rule, thin
 from pytest_autoresearch.task import Specialist, Surface, Technique
@@ -25,7 +25,7 @@ def test_the_bandit_shifts_turns_toward_the_specialist_that_yields():
     rng = random.Random(0)
     records = [_record(0, "baseline", "baseline")]
     for t in range(1, 61):
-        turn = choose_specialist("bandit", names, records, t, seed=0, explore=0.5)
+        turn = choose_specialist("bandit", names, records, t, seed=0, explore=0.5, min_turns=1)
         name = names[turn.index]
         if name == "opt":   # yields: half its trials clear the bar, the rest are near misses
             rec = _record(t, name, "keep" if rng.random() < 0.5 else "discard", gain=0.015, bar=0.01)
@@ -64,19 +64,59 @@ def test_first_turns_go_by_catalog_prior_and_a_keep_earns_another_turn():
     records = [_record(0, "baseline", "baseline")]
     order = []
     for t in range(1, 4):
-        turn = choose_specialist("bandit", names, records, t, seed=0, priors=priors)
+        turn = choose_specialist("bandit", names, records, t, seed=0, priors=priors, min_turns=1)
         order.append(names[turn.index])
         records.append(_record(t, names[turn.index], "discard", gain=-0.01))
     assert order == ["opt", "arch", "reg"], "untried arms go largest prior first, then in the task's order"
-    first = choose_specialist("bandit", names, records[:1], 1, seed=0, priors=priors)
+    first = choose_specialist("bandit", names, records[:1], 1, seed=0, priors=priors, min_turns=1)
     assert "catalog expects up to 10% from 'hot'" in first.why
     assert first.focus == "hot" and first.to_json()["focus"] == "hot", "the agent is told which technique"
     # Win-stay: a keep during the first turns gives its specialist the next one, a discard ends the run.
     records = [_record(0, "baseline", "baseline"), _record(1, "opt", "keep", gain=0.02)]
-    turn = choose_specialist("bandit", names, records, 2, seed=0, priors=priors)
+    turn = choose_specialist("bandit", names, records, 2, seed=0, priors=priors, min_turns=1)
     assert names[turn.index] == "opt" and turn.why.startswith("win-stay")
     records.append(_record(2, "opt", "discard", gain=-0.01))
-    assert names[choose_specialist("bandit", names, records, 3, seed=0, priors=priors).index] == "arch"
+    assert names[choose_specialist("bandit", names, records, 3, seed=0, priors=priors, min_turns=1).index] == "arch"
+
+
+def test_by_default_a_prior_is_one_pseudo_turn_so_arms_with_nothing_promised_wait():
+    # Five specialists on a cost, at a 10% keep bar: only arch's and opt's catalogs promise anything.
+    names = ["loss", "reg", "aug", "arch", "opt"]
+    techniques = {"arch": [("narrow", 0.12), ("narrower", 0.06)], "opt": [("epochs", 0.09)]}
+
+    def priors(records: list) -> dict:
+        tried = {(r.get("turn") or {}).get("focus") for r in records}
+        return {n: max([Prior(g, t) for t, g in techniques.get(n, []) if t not in tried] or [Prior(0.0)])
+                for n in names}
+
+    records = [_record(0, "baseline", "baseline")]
+    for t in range(1, 7):
+        turn = choose_specialist("bandit", names, records, t, seed=0, explore=0.5, bar=0.1,
+                                 priors=lambda: priors(records))
+        name = names[turn.index]
+        if t == 1:
+            assert name == "arch" and turn.focus == "narrow", turn.why
+            assert "prior 0.600" in turn.why and turn.arms["loss"]["prior_reward"] == 0.0
+        # arch's line pays: every trial of it clears the bar; nothing else moves the cost.
+        rec = _record(t, name, "keep", gain=0.12, bar=0.1) if name == "arch" else _record(t, name, "discard")
+        rec["turn"] = turn.to_json()
+        records.append(rec)
+    turns = Counter(r["specialist"] for r in records[1:])
+    assert turns["arch"] >= 3 and turns["arch"] > max(turns[n] for n in names if n != "arch"), turns
+    assert sum(turns[n] for n in ("loss", "reg", "aug")) <= 2, f"nothing promised, so they wait: {turns}"
+
+
+def test_a_prior_the_measurements_do_not_bear_out_fades():
+    names = ["promised", "quiet"]
+    priors = {"promised": Prior(0.3, "big"), "quiet": Prior(0.0)}
+    records = [_record(0, "baseline", "baseline")]
+    picks = []
+    for t in range(1, 6):
+        turn = choose_specialist("bandit", names, records, t, seed=0, explore=0.5, bar=0.1, priors=priors)
+        picks.append(names[turn.index])
+        records.append(_record(t, names[turn.index], "discard", gain=-0.05))  # nothing ever pays
+    # Twice the bar promised counts as one turn at reward 1; measured zeros outweigh it, then the other plays.
+    assert picks[:3] == ["promised"] * 3 and "quiet" in picks[3:], picks
 
 
 def test_yield_counts_cost_and_leaves_agent_side_failures_out():

@@ -442,18 +442,9 @@ class OfflineAgent:
 
 def _bar_fraction(request: ProposalRequest) -> float | None:
     """The keep bar now, as a fraction of the best score: what a change must move the score by to be kept."""
-    from ..acceptance import bar_of, measured_noise, min_delta_on_scale, per_seed, scale_of
+    from ..acceptance import bar_fraction
 
-    view, objective = request.view, request.task.objective
-    best = view.best
-    score = best.get("score") if best else None
-    if not isinstance(score, (int, float)) or not score:
-        return None
-    bar, _ = bar_of(objective, measured_noise(view.records, objective), len(per_seed(best)),
-                    min_delta_on_scale(objective, score))
-    if scale_of(objective) == "absolute":
-        bar /= abs(float(score))
-    return bar or None
+    return bar_fraction(request.task.objective, request.view.records, request.view.best)
 
 
 def _signed_log_step(c: Candidate) -> float | None:
