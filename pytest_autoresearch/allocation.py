@@ -11,7 +11,10 @@ Specialists (``schedule``):
                    0, so the legality rate is part of the yield.
                    Each arm's *prior* counts as one pseudo-turn of that yield: the largest gain its task's
                    catalog expects from a technique that still applies to the best and was not measured
-                   (``catalog_priors``), scored on the same reward scale against the keep bar. So the
+                   (``catalog_priors``), or what the agent predicts from its best next move for that
+                   specialist when the agent can say (``prior`` on the agent: the offline agent's measured
+                   slopes, catalog and sizes-on-a-cost rule), scored on the same reward scale against the
+                   keep bar. So the
                    techniques the task author rates highest are measured first, a specialist with nothing
                    expected to clear the bar waits while one whose line pays off plays again, and the prior
                    fades as measured turns outweigh it (a catalog whose expectations the machine does not bear
@@ -60,10 +63,13 @@ class Turn:
 
 
 class Prior(NamedTuple):
-    """A specialist's prior for the bandit's first turns, and the technique it comes from."""
+    """A specialist's prior for the bandit: a predicted gain (fraction of the best score), the catalog technique
+    it comes from (handed to the agent as the turn's focus), and where it comes from when that is not the
+    catalog (an agent's prediction, ``Agent.prior``)."""
 
     gain: float
     technique: str | None = None
+    note: str = ""
 
 
 def reward(rec: Record) -> float:
@@ -177,6 +183,8 @@ def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record]
         why += f"; its catalog expects up to {100 * gain[names[i]]:.2g}% from '{focus}'"
         if fresh:
             why += " (the largest prior among them)"
+    elif gain[names[i]] > 0 and priors[names[i]].note:
+        why += f"; prior: {priors[names[i]].note}"
     return Turn(i, rule, why, arms, focus=focus)
 
 

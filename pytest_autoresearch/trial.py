@@ -552,9 +552,21 @@ class TaskRun:
         specs = self.specialists
 
         def priors() -> dict[str, Any]:  # read from git only when the bandit decides
-            return catalog_priors(specs, self.repo.files_at(self.commit_of(full.best)),
-                                  self.task.objective.direction, float(full.best.get("score") or 0.0),
-                                  {r.get("content_hash") for r in records} - {None})
+            files = self.repo.files_at(self.commit_of(full.best))
+            out = catalog_priors(specs, files, self.task.objective.direction, float(full.best.get("score") or 0.0),
+                                 {r.get("content_hash") for r in records} - {None})
+            predict = getattr(self.agent, "prior", None)
+            if callable(predict):  # an agent that can predict its own moves knows more than the catalog alone
+                view = full if sc.lineage_view else make_view(  # what the agent is shown, nothing more
+                    self.task.name, self.task.objective.metric, self.task.objective.direction, [full.best], top=0,
+                    n_recent=0, n_failures=0, objective=self.task.objective)
+                for spec in specs:
+                    p = predict(ProposalRequest(task=self.task, specialist=spec, trial=trial,
+                                                parent=full.best["trial"], files=files, view=view,
+                                                seed=int(self.cfg.seed)))
+                    if p is not None:
+                        out[spec.name] = p
+            return out
 
         turn = choose_specialist(str(self.cfg.schedule), [x.name for x in specs], records, trial,
                                  int(self.cfg.seed), explore=float(sc.bandit_explore),

@@ -249,3 +249,24 @@ def test_a_step_predicted_to_fail_the_gate_is_avoided_or_traded_for_margin(task)
     assert n_alone * 2 < n_ungated, (n_alone, n_ungated)
     p = next(p for p in alone if p.kind.startswith("train.py:opt:steps:down"))
     assert "failing the gate 0.9" in p.hypothesis, p.hypothesis
+
+
+def test_the_prior_it_gives_the_bandit_is_its_best_predicted_gain(task):
+    from pytest_autoresearch.acceptance import bar_fraction
+
+    cost = cost_task(task)
+    bar = bar_fraction(cost.objective, [NOISY_BASE], NOISY_BASE)
+    p = OfflineAgent().prior(request(cost, [NOISY_BASE]))
+    # On a cost, halving a size is predicted to clear the bar; nothing else in the region is predicted more.
+    assert p.gain == pytest.approx(bar) and p.technique is None and "steps 20->10" in p.note, p
+    # A trial that halved steps and measured no saving at all (the region's compute is elsewhere) ends that.
+    flat = record(1, "discard", "train.py:opt:steps:down", step=2.0, score=1.0, content_hash="h1",
+                  acceptance={"gain": 0.0, "threshold": bar})
+    assert OfflineAgent().prior(request(cost, [NOISY_BASE, flat])).gain < bar / 2
+    # A catalog technique is named, so the bandit can hand it to the agent as the turn's focus.
+    spec = dataclasses.replace(OPT, catalog=(Technique("warm", "", (Edit("train.py", "lr = 0.1", "lr = 0.2"),),
+                                                       -0.3),))
+    q = OfflineAgent().prior(request(task, [NOISY_BASE], spec=spec))
+    assert q.technique == "warm" and q.gain == pytest.approx(0.3)
+    # With nothing to predict from (a quality score, no catalog, nothing measured) it says so: the catalog decides.
+    assert OfflineAgent().prior(request(task, [NOISY_BASE])) is None

@@ -97,7 +97,12 @@ class AgentFatal(Exception):
 
 
 class Proposer(Protocol):
-    """An agent. ``name`` is recorded in every record's ``agent`` key."""
+    """An agent. ``name`` is recorded in every record's ``agent`` key.
+
+    Optional: ``prior(request) -> allocation.Prior | None``, the gain the agent predicts from its best next move
+    for ``request.specialist`` on the best's files. The bandit uses it as that specialist's prior in place of
+    the catalog's (the offline agent has one; an agent without it gets the catalog prior).
+    """
 
     name: str
 

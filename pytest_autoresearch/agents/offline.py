@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..allocation import Prior
 from ..edits import Edit, EditError, apply_edits, content_hash, split_regions
 from ..lineage import Record
 from .base import NoProposal, Proposal, ProposalRequest
@@ -183,7 +184,8 @@ class OfflineAgent:
     def describe(self) -> str:
         return f"offline (seed {self.seed}, no model)"
 
-    def propose(self, request: ProposalRequest) -> Proposal:
+    def _usable(self, request: ProposalRequest) -> list[Candidate]:
+        """Every candidate that applies and gives untried code, weighed and aimed (see the module docstring)."""
         spec, files, view = request.specialist, dict(request.files), request.view
         records = view.records
         # A repeat is the same resulting code, not the same textual change: a change discarded on an old
@@ -208,6 +210,24 @@ class OfflineAgent:
             self._aim(c, request, bar, slopes)
             self._guard(c, request, gates, gate_slopes)
             usable.append(c)
+        return usable
+
+    def prior(self, request: ProposalRequest) -> Prior | None:
+        """The largest gain, as a fraction of the best score, this agent predicts from one of the specialist's
+        changes on ``request.files`` (a measured slope, the catalog's expectation, a size on a cost), for the
+        bandit's prior (allocation.py); None when it predicts nothing (no keep bar yet)."""
+        aimed = [c for c in self._usable(request) if c.predicted is not None]
+        if not aimed:
+            return None
+        top = max(aimed, key=lambda c: c.predicted or 0.0)
+        return Prior(max(top.predicted or 0.0, 0.0), top.knob.split(":", 1)[1] if top.direction == "catalog" else None,
+                     f"the offline agent predicts {100 * (top.predicted or 0.0):+.2g}% from: {top.describe[:120]}")
+
+    def propose(self, request: ProposalRequest) -> Proposal:
+        spec, files, records = request.specialist, dict(request.files), request.view.records
+        usable = self._usable(request)
+        bar = _bar_fraction(request)
+        tried = {r.get("content_hash") for r in records} - {None}
         if not usable:
             raise NoProposal(f"offline agent: every change it knows inside the surface of '{spec.name}' "
                              f"({spec.surface.describe()}) was already tried")
