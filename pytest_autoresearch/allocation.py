@@ -14,8 +14,7 @@ Specialists (``schedule``):
                    (``catalog_priors``), or what the agent predicts from its best next move for that
                    specialist when the agent can say (``prior`` on the agent: the offline agent's measured
                    slopes, catalog and sizes-on-a-cost rule), scored on the same reward scale against the
-                   keep bar. So the
-                   techniques the task author rates highest are measured first, a specialist with nothing
+                   keep bar. So the most promising changes are measured first, a specialist with nothing
                    expected to clear the bar waits while one whose line pays off plays again, and the prior
                    fades as measured turns outweigh it (a catalog whose expectations the machine does not bear
                    out stops steering). Index: ``(prior_reward + sum(yields)) / (1 + n) + explore *

@@ -27,7 +27,7 @@ from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, ch
 from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
 from .acceptance import Verdict, bar_fraction, decide, measured_noise, per_seed
-from .allocation import catalog_priors, choose_parent, choose_specialist, merge_specialists
+from .allocation import Prior, catalog_priors, choose_parent, choose_specialist, merge_specialists
 from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view
 from .runner import Phase, PhaseResult, run_phase, scrubbed_env
 from .sandbox import Bind, Limits, Sandbox, detect, sandbox_to_json
@@ -561,9 +561,13 @@ class TaskRun:
                     self.task.name, self.task.objective.metric, self.task.objective.direction, [full.best], top=0,
                     n_recent=0, n_failures=0, objective=self.task.objective)
                 for spec in specs:
-                    p = predict(ProposalRequest(task=self.task, specialist=spec, trial=trial,
-                                                parent=full.best["trial"], files=files, view=view,
-                                                seed=int(self.cfg.seed)))
+                    try:
+                        p = predict(ProposalRequest(task=self.task, specialist=spec, trial=trial,
+                                                    parent=full.best["trial"], files=files, view=view,
+                                                    seed=int(self.cfg.seed)))
+                    except Exception as e:  # noqa: BLE001 - a plugin agent's bug costs its prior, not the session
+                        p = Prior(out[spec.name].gain, out[spec.name].technique,
+                                  f"the agent's prior failed ({type(e).__name__}: {e}); the catalog's stands")
                     if p is not None:
                         out[spec.name] = p
             return out
@@ -703,7 +707,7 @@ class TaskRun:
             # Its two runs are one draw twice: no replicate, and no run-to-run variance to pool (acceptance).
             confirm["seed_ignored"] = True
             outcome.metrics["confirm"] = confirm
-            outcome.verdict = screen
+            outcome.verdict = replace(screen, keep=False)
             outcome.notes = (f"not confirmed: on fresh seeds {list(fresh)} it reproduced its first run's score on "
                              f"every seed exactly while the best's re-run moved, so it does not train on the seed "
                              f"it is given (a pinned seed) and a fresh-seed replicate cannot confirm it; draw every "

@@ -309,6 +309,7 @@ def test_a_candidate_that_pins_a_lucky_seed_is_not_confirmed_on_fresh_seeds(toy:
     assert confirm["runs_per_seed"][0] == confirm["runs_per_seed"][1], "one draw, twice"
     assert pinned["acceptance"]["gain"] > pinned["acceptance"]["threshold"], "the lucky draw passed the screen"
     assert pinned["label"] == "discard" and confirm.get("seed_ignored") is True, confirm
+    assert pinned["acceptance"]["keep"] is False, "the record's verdict agrees with its label"
     assert "does not train on the seed it is given" in pinned["notes"] and "[4000, 4001" in pinned["notes"]
     # Its identical pair stays out of the noise pool; the best's re-run beside it, on fresh seeds, counts.
     assert honest["label"] == "keep"

@@ -263,6 +263,11 @@ def test_the_prior_it_gives_the_bandit_is_its_best_predicted_gain(task):
     flat = record(1, "discard", "train.py:opt:steps:down", step=2.0, score=1.0, content_hash="h1",
                   acceptance={"gain": 0.0, "threshold": bar})
     assert OfflineAgent().prior(request(cost, [NOISY_BASE, flat])).gain < bar / 2
+    # The same measurement made by a catalog technique that only moved that knob counts for the knob too.
+    halve = {"path": "train.py", "search": "steps = 20  # range: 1..2000\n", "replace": "steps = 10  # range: 1..2000\n"}
+    flat_catalog = dict(flat, kind="catalog:halve_steps:catalog", step=1.0, edits=[halve])
+    after = OfflineAgent().prior(request(cost, [NOISY_BASE, flat_catalog]))
+    assert after.gain < bar / 2, after
     # A catalog technique is named, so the bandit can hand it to the agent as the turn's focus.
     spec = dataclasses.replace(OPT, catalog=(Technique("warm", "", (Edit("train.py", "lr = 0.1", "lr = 0.2"),),
                                                        -0.3),))

@@ -9,7 +9,8 @@ Weights aim at the keep bar. A trial that moves the score by less than the bar i
 right its direction, so every candidate gets a predicted gain, as a fraction of the best score, and is weighed
 by that prediction over the bar:
 - from the lineage: every trial that changed the same knob and was scored (kept, discarded or over a gate)
-  gives a slope, gain per log-step, which predicts both directions and any step size;
+  gives a slope, gain per log-step, which predicts both directions and any step size (a catalog technique or
+  re-applied edit that only moved one number counts as a step on that knob);
 - from the task author: a catalog technique's ``expected_delta``;
 - on a cost objective (a timing or size on the relative scale, minimized) with nothing measured yet: shrinking
   an integer size or count of 4 or more is expected to save cost and growing it to spend more; any other
@@ -192,6 +193,7 @@ class OfflineAgent:
         # parent may still pay off on the current best, so it stays a (down-weighted) candidate.
         tried = {r.get("content_hash") for r in records} - {None}
         cands = surface_candidates(files, spec.surface)
+        raw, records = records, _as_knob_steps(records, cands)
         cands += self._catalog(spec, files, request.focus)
         cands += self._reapply(request, records)
         bar = _bar_fraction(request)
@@ -206,7 +208,7 @@ class OfflineAgent:
                 continue
             if after == files or content_hash(after) in tried:
                 continue
-            self._weigh(c, records, request)
+            self._weigh(c, raw if c.direction == "catalog" else records, request)
             self._aim(c, request, bar, slopes)
             self._guard(c, request, gates, gate_slopes)
             usable.append(c)
@@ -465,6 +467,39 @@ def _bar_fraction(request: ProposalRequest) -> float | None:
     from ..acceptance import bar_fraction
 
     return bar_fraction(request.task.objective, request.view.records, request.view.best)
+
+
+def _numeric_change(edits: Any) -> tuple[str, str, float, float] | None:
+    """(path, name, old, new) when ``edits`` (recorded JSON) change one numeric assignment and nothing else."""
+    if not isinstance(edits, list) or len(edits) != 1 or not isinstance(edits[0], dict):
+        return None
+    e = edits[0]
+    before, after = str(e.get("search", "")).splitlines(), str(e.get("replace", "")).splitlines()
+    diff = [(a, b) for a, b in zip(before, after) if a != b]
+    if len(before) != len(after) or len(diff) != 1:
+        return None
+    ma, mb = ASSIGN_RE.match(diff[0][0]), ASSIGN_RE.match(diff[0][1])
+    if not ma or not mb or ma["name"] != mb["name"] or "True" in (ma["value"], mb["value"]) or \
+            "False" in (ma["value"], mb["value"]):
+        return None
+    return str(e.get("path", "")), ma["name"], float(ma["value"]), float(mb["value"])
+
+
+def _as_knob_steps(records: list[Record], cands: list[Candidate]) -> list[Record]:
+    """Records whose edit (a catalog technique's, say) only moved one numeric knob of the surface, read as that
+    knob's step, so what they measured counts for the knob's slope and history like a step proposed on it."""
+    knobs = {(c.knob.split(":", 1)[0], c.knob.rsplit(":", 1)[-1]): c.knob for c in cands}
+    out = []
+    for r in records:
+        kind = r.get("kind") or ""
+        change = _numeric_change(r.get("edits")) if kind.startswith(("catalog:", "reapply:")) else None
+        if change is not None and (change[0], change[1]) in knobs and change[2] and change[3] and \
+                (change[2] > 0) == (change[3] > 0) and change[2] != change[3]:
+            _, _, old, new = change
+            r = {**r, "kind": f"{knobs[(change[0], change[1])]}:{'up' if abs(new) > abs(old) else 'down'}",
+                 "step": max(abs(new / old), abs(old / new))}
+        out.append(r)
+    return out
 
 
 def _signed_log_step(c: Candidate) -> float | None:
