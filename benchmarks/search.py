@@ -9,6 +9,8 @@ Methods, all driven through the same harness (same sandbox, budgets, evaluator a
 - ``random``      random search over the same annotated knobs, re-sampling the proposing specialist's knobs
                   each trial (``benchmarks/search_peers.py``, registered through the public agent hook);
 - ``tpe``         Optuna TPE over the same knobs, one study over the merged surface, scores told back;
+- ``tpe_local``   the same, each number searched within x1/2..x2 of its baseline value (the offline agent's
+                  step sizes) instead of its whole annotated range;
 - ``greedy``      the offline agent as one agent owning every surface (``search.specialists=merged``):
                   the single-agent, always-build-on-the-best pattern;
 - ``no_lineage``  the default loop with the lineage view switched off (``search.lineage_view=false``).
@@ -57,6 +59,8 @@ METHODS: dict[str, list[str]] = {
     "ours": ["--autoresearch-agent", "offline"],
     "random": ["-p", "search_peers", "--autoresearch-agent", "random", "--autoresearch-override", "schedule=round_robin"],
     "tpe": ["-p", "search_peers", "--autoresearch-agent", "tpe", "--autoresearch-override", "search.specialists=merged"],
+    "tpe_local": ["-p", "search_peers", "--autoresearch-agent", "tpe", "--autoresearch-override",
+                  "search.specialists=merged", "--autoresearch-override", "+agent.local=true"],
     "greedy": ["--autoresearch-agent", "offline", "--autoresearch-override", "search.specialists=merged"],
     "no_lineage": ["--autoresearch-agent", "offline", "--autoresearch-override", "search.lineage_view=false"],
     # Not a peer: the default loop with another parent rule, to measure what the rule is worth.

@@ -10,7 +10,9 @@ task's catalog of techniques or the lineage's notes: they see scores only.
   (the current best), uniformly (log-uniformly where the range spans a decade or more of positive values).
 - ``tpe``: one Optuna TPE study per session over every knob of the surface it is given (run it with
   ``search.specialists=merged`` for one study over the whole recipe); each finished trial's score is told
-  back from the lineage before the next is asked, illegal trials as failures.
+  back from the lineage before the next is asked, illegal trials as failures. ``agent.local=true`` searches
+  each positive number within x1/2..x2 of its baseline value (inside its range) instead of its whole range:
+  sampled jointly over a whole range, most draws break a shape or the gate.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class Knob:
     lo: float = 0.0
     hi: float = 0.0
     options: tuple[str, ...] = ()
+    value: float | None = None   # a numeric knob's value where it was found
 
     @property
     def key(self) -> str:
@@ -83,7 +86,17 @@ def _knob(path: str, region: str, line: str) -> Knob | None:
         lo, hi = v * 2, v / 2
     else:
         return None
-    return Knob(path, region, m["name"], "int" if is_int else "float", lo, hi)
+    return Knob(path, region, m["name"], "int" if is_int else "float", lo, hi, value=v)
+
+
+def near(k: Knob) -> Knob:
+    """``k`` searched within x1/2..x2 of its value (inside its range): the offline agent's step sizes."""
+    if k.kind not in ("int", "float") or not k.value or k.value < 0:
+        return k
+    lo, hi = max(k.lo, k.value / 2), min(k.hi, k.value * 2)
+    if k.kind == "int" and math.floor(hi) < math.ceil(lo):
+        return k
+    return Knob(k.path, k.region, k.name, k.kind, lo, hi, value=k.value)
 
 
 def set_knobs(files: Mapping[str, str], values: Mapping[str, Any], knobs: list[Knob]) -> list[Edit]:
@@ -170,9 +183,10 @@ class TPESearch:
         self.study: Any = None
         self.pending: dict[int, Any] = {}   # harness trial -> optuna trial
         self.space: dict[str, Any] = {}
+        self.local = str(dict(cfg or {}).get("local", False)).lower() in ("true", "1")
 
     def describe(self) -> str:
-        return f"Optuna TPE over annotated knobs (seed {self.seed})"
+        return f"Optuna TPE over annotated knobs{' near the baseline' if self.local else ''} (seed {self.seed})"
 
     def _tell(self, request: ProposalRequest) -> None:
         from optuna.trial import TrialState
@@ -195,7 +209,7 @@ class TPESearch:
         self._tell(request)
         knobs = find_knobs(request.files, request.specialist.surface)
         for k in knobs:  # a knob's range is fixed the first time it is seen (a no-range knob's, from its value)
-            self.space.setdefault(k.key, k)
+            self.space.setdefault(k.key, near(k) if self.local else k)
         knobs = [self.space[k.key] for k in knobs]
         if not knobs:
             raise NoProposal(f"tpe: no annotated knob in the surface of {request.specialist.name}")
