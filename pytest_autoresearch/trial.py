@@ -692,6 +692,7 @@ class TaskRun:
             for sub in ("confirm-best", "confirm"):
                 self._cleanup_dir(self._trial_dir(trial) / sub)
         if again.label is not None or again.score is None or again_best.score is None:
+            outcome.verdict = replace(screen, keep=False)  # the record keeps the numbers that passed the screen
             outcome.notes = f"not confirmed: the re-run was {again.label or 'unscored'} ({again.notes})"
             return "discard"
         second, best_again = self._per_seed(again), self._per_seed(again_best)

@@ -315,3 +315,14 @@ def test_a_candidate_that_pins_a_lucky_seed_is_not_confirmed_on_fresh_seeds(toy:
     assert honest["label"] == "keep"
     assert honest["acceptance"]["dof"] == 8 + 4 + 8, honest["acceptance"]
     assert "seed_ignored" not in honest["metrics"]["confirm"]
+
+
+def test_a_confirmation_re_run_that_fails_leaves_a_discard_with_the_screens_numbers(toy: ToyRun):
+    # Legal on the budget's seeds, broken on the fresh ones the confirmation trains on.
+    fragile = {"edits": [edit("LEVEL = 1.0", "LEVEL = 0.5"),
+                         edit("    return seed\n", "    assert seed < 1000, 'only small seeds'\n    return seed\n")]}
+    recs = _levels(toy, [fragile], noisy=False, scale="relative", confirm=True, reseed=True, recipe=PINNABLE_RECIPE)
+    rec = recs[1]
+    assert rec["label"] == "discard" and rec["notes"].startswith("not confirmed: the re-run was crash"), rec["notes"]
+    a = rec["acceptance"]
+    assert a["keep"] is False and a["gain"] > a["threshold"], a
