@@ -26,7 +26,7 @@ from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, ch
                     content_hash)
 from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
-from .acceptance import Verdict, bar_fraction, decide, measured_noise, per_seed
+from .acceptance import Verdict, bar_fraction, decide, measured_noise, per_seed, scale_of, transform
 from .allocation import Prior, catalog_priors, choose_parent, choose_specialist, merge_specialists
 from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view
 from .runner import Phase, PhaseResult, run_phase, scrubbed_env
@@ -679,7 +679,8 @@ class TaskRun:
             return None
         first = self._per_seed(outcome)
         ref = self._fresh_best(trial, b, records, outcome)
-        screen = decide(first, ref, obj, measured_noise(records, obj), b["trial"])
+        pooled = measured_noise(records, obj)
+        screen = decide(first, ref, obj, pooled, b["trial"])
         if not screen.keep:
             outcome.verdict = screen
             return "discard"
@@ -695,13 +696,14 @@ class TaskRun:
             outcome.verdict = replace(screen, keep=False)  # the record keeps the numbers that passed the screen
             outcome.notes = f"not confirmed: the re-run was {again.label or 'unscored'} ({again.notes})"
             return "discard"
-        second, best_again = self._per_seed(again), self._per_seed(again_best)
+        second, best_again, best_first = self._per_seed(again), self._per_seed(again_best), _single_run(b)
         seeds = sorted(first)
-        pinned = fresh is not None and _ignores_seed(first, second, _single_run(b), best_again, seeds)
+        pinned = fresh is not None and _ignores_seed(first, second, best_first, best_again, seeds,
+                                                     tolerance=0.01 * math.sqrt(pooled.var or 0.0), scale=scale_of(obj))
         confirm = {"runs": [outcome.score, again.score], "best_trial": b["trial"], "best_rerun": again_best.score,
                    "seeds": seeds,
                    "runs_per_seed": [[first[s] for s in seeds], [second.get(s) for s in seeds]],
-                   "best_runs_per_seed": [[_single_run(b).get(s) for s in seeds], [best_again.get(s) for s in seeds]]}
+                   "best_runs_per_seed": [[best_first.get(s) for s in seeds], [best_again.get(s) for s in seeds]]}
         if fresh is not None:
             confirm["rerun_seeds"] = list(fresh)
         if pinned:
@@ -932,13 +934,25 @@ def _alive(pid: int) -> bool:
 
 
 def _ignores_seed(first: Mapping[int, float], second: Mapping[int, float], best_first: Mapping[int, float],
-                  best_second: Mapping[int, float], seeds: Sequence[int]) -> bool:
-    """A candidate re-run on fresh seeds that scores exactly what its first run did on every seed, where the
-    best's own re-run on those seeds moved: the task's training depends on its seed, the candidate's does not."""
-    same = all(second.get(s) == first.get(s) for s in seeds)
-    best_moved = any(isinstance(best_first.get(s), (int, float)) and best_second.get(s) != best_first.get(s)
-                     for s in seeds)
-    return same and best_moved
+                  best_second: Mapping[int, float], seeds: Sequence[int], *, tolerance: float = 0.0,
+                  scale: str = "absolute") -> bool:
+    """A candidate re-run on fresh seeds that scores what its first run did on every seed, to within
+    ``tolerance`` (on the rule's scale; a hundredth of the run-to-run sd, so a seed-dependent nudge in the last
+    digits does not hide a pinned draw), where the best's own re-run on those seeds moved by more: the task's
+    training depends on its seed, the candidate's does not."""
+    def moved(a: Mapping[int, float], b: Mapping[int, float]) -> list[float]:
+        out = []
+        for s in seeds:
+            pair = transform([a[s], b[s]], scale) if isinstance(a.get(s), (int, float)) and \
+                isinstance(b.get(s), (int, float)) else None
+            if pair is not None:
+                out.append(abs(pair[0] - pair[1]))
+        return out
+
+    mine, best_moves = moved(first, second), moved(best_first, best_second)
+    if len(mine) != len(seeds) or not best_moves:
+        return False
+    return max(mine) <= tolerance and max(best_moves) > tolerance
 
 
 def _single_run(rec: Record) -> dict[int, float]:

@@ -326,3 +326,17 @@ def test_a_confirmation_re_run_that_fails_leaves_a_discard_with_the_screens_numb
     assert rec["label"] == "discard" and rec["notes"].startswith("not confirmed: the re-run was crash"), rec["notes"]
     a = rec["acceptance"]
     assert a["keep"] is False and a["gain"] > a["threshold"], a
+
+
+def test_a_pinned_seed_nudged_in_the_last_digits_is_still_a_pinned_seed():
+    from pytest_autoresearch.trial import _ignores_seed
+
+    first = {0: 0.80, 1: 0.80}
+    nudged = {0: 0.80 + 1e-9, 1: 0.80 - 2e-9}  # seed-dependent, but only in digits no edit would move
+    best_first, best_again = {0: 1.02, 1: 0.95}, {0: 0.97, 1: 1.06}
+    sd = 0.1
+    assert _ignores_seed(first, nudged, best_first, best_again, [0, 1], tolerance=0.01 * sd, scale="relative")
+    honest = {0: 0.84, 1: 0.77}  # moved like a real fresh draw
+    assert not _ignores_seed(first, honest, best_first, best_again, [0, 1], tolerance=0.01 * sd, scale="relative")
+    # A task whose training ignores seeds altogether (the best did not move either) is not flagged.
+    assert not _ignores_seed(first, first, best_first, best_first, [0, 1], tolerance=0.01 * sd)

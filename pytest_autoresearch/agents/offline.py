@@ -185,8 +185,9 @@ class OfflineAgent:
     def describe(self) -> str:
         return f"offline (seed {self.seed}, no model)"
 
-    def _usable(self, request: ProposalRequest) -> list[Candidate]:
-        """Every candidate that applies and gives untried code, weighed and aimed (see the module docstring)."""
+    def _usable(self, request: ProposalRequest) -> tuple[list[Candidate], float | None, set[str]]:
+        """Every candidate that applies and gives untried code, weighed and aimed (see the module docstring),
+        with the keep bar (fraction of the best score) and the content hashes already measured."""
         spec, files, view = request.specialist, dict(request.files), request.view
         records = view.records
         # A repeat is the same resulting code, not the same textual change: a change discarded on an old
@@ -212,13 +213,13 @@ class OfflineAgent:
             self._aim(c, request, bar, slopes)
             self._guard(c, request, gates, gate_slopes)
             usable.append(c)
-        return usable
+        return usable, bar, tried
 
     def prior(self, request: ProposalRequest) -> Prior | None:
         """The largest gain, as a fraction of the best score, this agent predicts from one of the specialist's
         changes on ``request.files`` (a measured slope, the catalog's expectation, a size on a cost), for the
         bandit's prior (allocation.py); None when it predicts nothing (no keep bar yet)."""
-        aimed = [c for c in self._usable(request) if c.predicted is not None]
+        aimed = [c for c in self._usable(request)[0] if c.predicted is not None]
         if not aimed:
             return None
         top = max(aimed, key=lambda c: c.predicted or 0.0)
@@ -227,9 +228,7 @@ class OfflineAgent:
 
     def propose(self, request: ProposalRequest) -> Proposal:
         spec, files, records = request.specialist, dict(request.files), request.view.records
-        usable = self._usable(request)
-        bar = _bar_fraction(request)
-        tried = {r.get("content_hash") for r in records} - {None}
+        usable, bar, tried = self._usable(request)
         if not usable:
             raise NoProposal(f"offline agent: every change it knows inside the surface of '{spec.name}' "
                              f"({spec.surface.describe()}) was already tried")
