@@ -23,6 +23,12 @@ seed it is given (a pinned ``torch.manual_seed``) would carry a lucky draw onto 
 identical runs as zero noise: one whose fresh-seed re-run repeats its first run exactly, while the best's moved,
 is not confirmed (``confirm.seed_ignored``) and its pair stays out of the pool. Until a task has any re-run,
 the bar is ``min_delta`` too, and the record says so.
+
+With ``confirm_keeps`` the first measurement only screens: a keep rests on a side-by-side replicate (the
+candidate and the best re-run together) that passes this rule on its own. A candidate whose screen fell short
+by at most ``Objective.replicate_near_misses`` standard errors earns that replicate too (``confirm.near_miss``):
+the chance that noise is kept is still at most the replicate's, while a real win that drew one unlucky
+measurement gets a second one.
 """
 from __future__ import annotations
 

@@ -75,7 +75,11 @@ class Objective:
     as far as a new seed would, so identical re-runs would measure no noise and let lucky edits through. The
     re-runs (baseline repeats, both confirmation runs) then train on fresh seeds (seed + 1000 k), each standing
     in for the budget's seed, so the noise measured is what a change that does nothing meets, and a confirmation
-    is an independent replicate. See ``pytest_autoresearch.acceptance``.
+    is an independent replicate. ``replicate_near_misses=z`` (with ``confirm_keeps``): a candidate whose screen
+    fell short of the bar by at most z standard errors of its gain also earns that side-by-side replicate, and is
+    kept if the replicate passes the rule on its own, so a real win that drew an unlucky first measurement is not
+    thrown away; every keep still rests on an independent replicate that passed (0 turns this off). See
+    ``pytest_autoresearch.acceptance``.
     """
 
     metric: str
@@ -87,6 +91,7 @@ class Objective:
     scale: Literal["absolute", "relative"] = "absolute"
     refresh_best_every: int = 0
     reseed_reruns: bool = False
+    replicate_near_misses: float = 1.0
 
     def __post_init__(self) -> None:
         if self.direction not in ("minimize", "maximize"):
@@ -95,6 +100,9 @@ class Objective:
             raise ValueError(f"Objective.scale must be 'absolute' or 'relative', got {self.scale!r}")
         if self.baseline_repeats < 1:
             raise ValueError(f"Objective.baseline_repeats must be >= 1, got {self.baseline_repeats}")
+        if not self.replicate_near_misses >= 0:
+            raise ValueError(f"Objective.replicate_near_misses must be >= 0 (standard errors), got "
+                             f"{self.replicate_near_misses}")
 
     def better(self, a: float, b: float) -> bool:
         """True when score ``a`` is strictly better than ``b``."""

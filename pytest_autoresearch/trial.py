@@ -671,7 +671,11 @@ class TaskRun:
     def _confirm(self, trial: int, commit: str, outcome: Outcome) -> str | None:
         """A would-be keep is measured again right after the best is re-measured, so both see the same
         machine; it stays a keep candidate (None) only if the side-by-side re-runs still pass the keep rule.
-        Its score becomes the mean of its two runs, and both pairs of re-runs join the noise estimate."""
+        Its score becomes the mean of its two runs, and both pairs of re-runs join the noise estimate.
+
+        A near miss (``Objective.replicate_near_misses``) earns the same replicate: the keep then rests on the
+        replicate alone, an independent test at the rule's confidence, so screening more candidates in does not
+        let more noise through; it only stops one unlucky first measurement from discarding a real win."""
         obj = self.task.objective
         records = self.lineage.records(quiet=True)
         b = best(records, obj.direction)
@@ -681,7 +685,8 @@ class TaskRun:
         ref = self._fresh_best(trial, b, records, outcome)
         pooled = measured_noise(records, obj)
         screen = decide(first, ref, obj, pooled, b["trial"])
-        if not screen.keep:
+        near = not screen.keep and _near_miss(screen, obj.replicate_near_misses)
+        if not screen.keep and not near:
             outcome.verdict = screen
             return "discard"
         # With reseed_reruns both re-runs train on the same fresh seeds: an independent paired replicate.
@@ -706,6 +711,9 @@ class TaskRun:
                    "best_runs_per_seed": [[best_first.get(s) for s in seeds], [best_again.get(s) for s in seeds]]}
         if fresh is not None:
             confirm["rerun_seeds"] = list(fresh)
+        if near:
+            confirm["near_miss"] = {"gain": screen.gain, "threshold": screen.threshold, "se": screen.se,
+                                    "within_se": obj.replicate_near_misses}
         if pinned:
             # Its two runs are one draw twice: no replicate, and no run-to-run variance to pool (acceptance).
             confirm["seed_ignored"] = True
@@ -723,9 +731,12 @@ class TaskRun:
         outcome.metrics["confirm"] = confirm
         noise = measured_noise([*records, {"trial": trial, "metrics": {"confirm": confirm}}], obj)
         outcome.verdict = decide(second, best_again, obj, noise, b["trial"])
+        missed = (f"a near miss at the screen ({screen.describe()}), so replicated side by side; " if near else "")
         if not outcome.verdict.keep:
-            outcome.notes = f"not confirmed side by side: {outcome.verdict.describe()}"
+            outcome.notes = f"{missed}not confirmed side by side: {outcome.verdict.describe()}"
             return "discard"
+        if near:
+            outcome.notes = f"{missed}the replicate passed: {outcome.verdict.describe()}"
         return None
 
     def _fresh_best(self, trial: int, b: Record, records: list[Record], outcome: Outcome) -> dict[int, float]:
@@ -953,6 +964,15 @@ def _ignores_seed(first: Mapping[int, float], second: Mapping[int, float], best_
     if len(mine) != len(seeds) or not best_moves:
         return False
     return max(mine) <= tolerance and max(best_moves) > tolerance
+
+
+def _near_miss(screen: Verdict, within_se: float) -> bool:
+    """A screen that fell short of the bar by at most ``within_se`` standard errors of its gain. Never while the
+    noise is unmeasured; where min_delta sets the bar and the noise is small, the window is as narrow as the
+    noise, since a replicate could not carry the gain across."""
+    if within_se <= 0 or screen.se is None or screen.se <= 0 or screen.gain <= 0:
+        return False
+    return screen.gain > screen.threshold - within_se * screen.se
 
 
 def _single_run(rec: Record) -> dict[int, float]:

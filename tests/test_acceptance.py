@@ -143,7 +143,7 @@ def evaluator():
 @pytest.fixture
 def objective():
     return Objective("loss", "minimize", baseline_repeats=3, confirm_keeps={confirm}, scale="{scale}",
-                     noise_sigmas={sigmas}, reseed_reruns={reseed})
+                     noise_sigmas={sigmas}, reseed_reruns={reseed}, replicate_near_misses={near})
 
 
 @pytest.fixture
@@ -157,12 +157,14 @@ def test_levels(autoresearch_trial):
 
 
 def _levels(toy: ToyRun, script: list[dict], *, noisy: bool, scale: str, confirm: bool,
-            sigmas: float = 2.0, reseed: bool = False, recipe: str | None = None, args: tuple = ()) -> list[dict]:
+            sigmas: float = 2.0, reseed: bool = False, recipe: str | None = None, args: tuple = (),
+            near: float = 1.0) -> list[dict]:
     d = toy.root / "tasks" / "levels"
     (d / "recipe").mkdir(parents=True)
     (d / "recipe" / "train.py").write_text(recipe or RECIPE.format(noisy=noisy))
     (d / "evaluator.py").write_text(EVALUATOR)
-    (d / "test_levels.py").write_text(MODULE.format(confirm=confirm, scale=scale, sigmas=sigmas, reseed=reseed))
+    (d / "test_levels.py").write_text(MODULE.format(confirm=confirm, scale=scale, sigmas=sigmas, reseed=reseed,
+                                                    near=near))
     (toy.root / "conftest.py").write_text(SCRIPTED_CONFTEST)
     (toy.root / "script.json").write_text(json.dumps(script))
     proc = toy.run("tasks/levels", "--autoresearch-trials", str(len(script)), "--autoresearch-agent", "scripted", *args)
@@ -315,6 +317,54 @@ def test_a_candidate_that_pins_a_lucky_seed_is_not_confirmed_on_fresh_seeds(toy:
     assert honest["label"] == "keep"
     assert honest["acceptance"]["dof"] == 8 + 4 + 8, honest["acceptance"]
     assert "seed_ignored" not in honest["metrics"]["confirm"]
+
+
+def _unlucky_real_win() -> tuple[dict, float]:
+    """An edit that makes every seed's loss 20% lower, in a variant whose draw on the budget's seeds is unlucky:
+    its screen falls short of the bar by less than one standard error, and its side-by-side replicate on fresh
+    seeds (trial 1's: seed + 4000) passes. Found with the rule's own functions, on the draws the recipe makes."""
+    obj = Objective("loss", "minimize", baseline_repeats=3, confirm_keeps=True, scale="relative", reseed_reruns=True)
+    seeds = (0, 1, 2, 3)
+    runs = [[_draw(CHAOTIC_RECIPE, s + 1000 * k) for s in seeds] for k in range(3)]
+    base = {"trial": 0, "seeds": list(seeds), "score": 1.0,
+            "metrics": {"score_runs": runs, "score_per_seed": [sum(c) / 3 for c in zip(*runs)]}}
+    pooled = measured_noise([base], obj)
+    for salt in range(2, 3000):
+        code = CHAOTIC_RECIPE.replace("LEVEL = 1.0", "LEVEL = 0.8").replace("SALT = 1", f"SALT = {salt}")
+        first = {s: 0.8 * _draw(code, s) for s in seeds}
+        screen = decide(first, per_seed(base), obj, pooled, 0)
+        if screen.keep or screen.gain <= screen.threshold - screen.se:
+            continue
+        second = {s: 0.8 * _draw(code, s + 4000) for s in seeds}
+        best_again = {s: _draw(CHAOTIC_RECIPE, s + 4000) for s in seeds}
+        confirm = {"runs_per_seed": [list(first.values()), list(second.values())],
+                   "best_runs_per_seed": [runs[-1], list(best_again.values())]}
+        noise = measured_noise([base, {"trial": 1, "metrics": {"confirm": confirm}}], obj)
+        if decide(second, best_again, obj, noise, 0).keep:
+            return {"edits": [edit("LEVEL = 1.0", "LEVEL = 0.8"), edit("SALT = 1", f"SALT = {salt}")]}, screen.gain
+    raise AssertionError("no salt in range gives an unlucky screen and a passing replicate")
+
+
+def test_a_real_win_that_draws_an_unlucky_screen_earns_a_replicate_and_is_kept(toy: ToyRun):
+    win, gain = _unlucky_real_win()
+    recs = _levels(toy, [win], noisy=False, scale="relative", confirm=True, reseed=True, recipe=CHAOTIC_RECIPE)
+    rec = recs[1]
+    near = rec["metrics"]["confirm"]["near_miss"]
+    assert near["gain"] == pytest.approx(gain) and near["threshold"] - near["se"] < near["gain"] < near["threshold"]
+    assert rec["label"] == "keep", (rec["notes"], rec.get("acceptance"))
+    assert rec["notes"].startswith("a near miss at the screen") and "the replicate passed" in rec["notes"]
+    a = rec["acceptance"]   # the verdict a keep rests on: the replicate's, on its own
+    assert a["keep"] and a["gain"] > a["threshold"] and a["dof"] == 8 + 8, a
+    assert rec["metrics"]["confirm"]["rerun_seeds"] == [4000, 4001, 4002, 4003]
+
+
+def test_without_near_miss_replicates_the_unlucky_screen_discards_the_real_win(toy: ToyRun):
+    win, _ = _unlucky_real_win()
+    recs = _levels(toy, [win], noisy=False, scale="relative", confirm=True, reseed=True, recipe=CHAOTIC_RECIPE,
+                   near=0.0)
+    rec = recs[1]
+    assert rec["label"] == "discard" and "confirm" not in rec["metrics"], rec["notes"]
+    assert rec["acceptance"]["gain"] < rec["acceptance"]["threshold"]
 
 
 def test_a_confirmation_re_run_that_fails_leaves_a_discard_with_the_screens_numbers(toy: ToyRun):

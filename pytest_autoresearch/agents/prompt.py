@@ -187,6 +187,10 @@ def keep_rule_text(objective: "Objective") -> str:
     if objective.confirm_keeps:
         text += (" A trial that passes is run again right after the best is re-run, and kept only if it still "
                  "passes side by side; its score is then the mean of its two runs.")
+        if getattr(objective, "replicate_near_misses", 0):
+            text += (f" A trial that falls short of the bar by at most {objective.replicate_near_misses:g} "
+                     f"standard error(s) is run again the same way, and kept if that side-by-side replicate "
+                     f"passes on its own.")
     if getattr(objective, "reseed_reruns", False):
         text += (" Training here is chaotic: any edit moves the score about as far as a new seed, so every re-run "
                  "(baseline repeats, confirmations) trains on fresh seeds, and the noise is what an edit that "
