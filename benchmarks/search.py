@@ -4,15 +4,15 @@
                                 [--methods ours random tpe greedy no_lineage] [--out benchmarks/results/search.json]
 
 Each twin has its own plan of trials and agent seeds (``PLANS``), sized so that one twin's run of the five
-default methods takes about half an hour on 2 cores, the three together about 80 minutes (``--remeasure 0``).
-A trial costs what the twin's training costs: about 14 s on airbench, 45 s on paramgolf and nanochat, and a
-kept trial three times that (its confirmation re-runs the candidate and the best). ``--trials`` and
-``--seeds`` override every twin's plan.
+default methods takes under half an hour on 2 cores (measured: airbench 27.6 min, paramgolf 25.7, nanochat
+20.1; the three together 73.4 min, ``--remeasure 0``). A trial costs what the twin's training costs: about
+14 s on airbench, 45 s on paramgolf and nanochat, and a kept trial three times that (its confirmation re-runs
+the candidate and the best). ``--trials`` and ``--seeds`` override every twin's plan.
 
 - airbench: 6 trials x 5 agent seeds. Its timing noise is large beside its one big lever (the keep bar is
-  about 10% of the CPU time), so a run keeps or misses that lever by chance; five seeds make the median
-  a statement about the method rather than about one draw.
-- paramgolf: 4 trials x 3 seeds. The gains the loop finds arrive by trial 4 (6 trials add 0.07 points).
+  about 11% of the CPU time; the lever measures +6..+31% paired), so a run keeps the lever in about two runs
+  of three, whichever method proposes it; five seeds rather than three make the median less of one draw.
+- paramgolf: 4 trials x 3 seeds. The gains the loop finds arrive by trial 4 (6 trials added 0.07 points).
 - nanochat: 3 trials x 3 seeds. At one training seed per trial its keep bar is about 70% of mini-CORE, so no
   method can keep anything in any number of trials this short; it is run to show that, not to rank.
 
