@@ -9,9 +9,10 @@ default methods takes under half an hour on 2 cores (measured: airbench 27.6 min
 14 s on airbench, 45 s on paramgolf and nanochat, and a kept trial three times that (its confirmation re-runs
 the candidate and the best). ``--trials`` and ``--seeds`` override every twin's plan.
 
-- airbench: 6 trials x 5 agent seeds. Its timing noise is large beside its one big lever (the keep bar is
-  about 11% of the CPU time; the lever measures +6..+31% paired), so a run keeps the lever in about two runs
-  of three, whichever method proposes it; five seeds rather than three make the median less of one draw.
+- airbench: 6 trials x 5 agent seeds. Its timing noise is large beside its one big lever: the keep bar is
+  about 0.11 in log ratio, and the lever's recorded paired gain ranged over 0.04..0.40 (mean 0.17, sd 0.09)
+  in 30 attempts. A run keeps the lever in about two runs of three, whichever method proposes it; five seeds
+  rather than three make the median less of one draw.
 - paramgolf: 4 trials x 3 seeds. The gains the loop finds arrive by trial 4 (6 trials added 0.07 points).
 - nanochat: 3 trials x 3 seeds. At one training seed per trial its keep bar is about 70% of mini-CORE, so no
   method can keep anything in any number of trials this short; it is run to show that, not to rank.
