@@ -698,7 +698,7 @@ class TaskRun:
             for sub in ("confirm-best", "confirm"):
                 self._cleanup_dir(self._trial_dir(trial) / sub)
         if again.label is not None or again.score is None or again_best.score is None:
-            outcome.verdict = replace(screen, keep=False)  # the record keeps the numbers that passed the screen
+            outcome.verdict = replace(screen, keep=False)  # the record keeps the screen's numbers
             outcome.notes = f"not confirmed: the re-run was {again.label or 'unscored'} ({again.notes})"
             return "discard"
         second, best_again, best_first = self._per_seed(again), self._per_seed(again_best), _single_run(b)
@@ -952,13 +952,9 @@ def _ignores_seed(first: Mapping[int, float], second: Mapping[int, float], best_
     digits does not hide a pinned draw), where the best's own re-run on those seeds moved by more: the task's
     training depends on its seed, the candidate's does not."""
     def moved(a: Mapping[int, float], b: Mapping[int, float]) -> list[float]:
-        out = []
-        for s in seeds:
-            pair = transform([a[s], b[s]], scale) if isinstance(a.get(s), (int, float)) and \
-                isinstance(b.get(s), (int, float)) else None
-            if pair is not None:
-                out.append(abs(pair[0] - pair[1]))
-        return out
+        pairs = [transform([a[s], b[s]], scale) for s in seeds
+                 if isinstance(a.get(s), (int, float)) and isinstance(b.get(s), (int, float))]
+        return [abs(p[0] - p[1]) for p in pairs if p is not None]
 
     mine, best_moves = moved(first, second), moved(best_first, best_second)
     if len(mine) != len(seeds) or not best_moves:
