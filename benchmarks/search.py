@@ -66,7 +66,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_autoresearch.acceptance import bar_of, measured_noise, min_delta_on_scale, per_seed  # noqa: E402
+from pytest_autoresearch.acceptance import (bar_of, measured_noise, min_delta_on_scale, per_seed,  # noqa: E402
+                                            runs_behind)
 from pytest_autoresearch.lineage import BEST_LABELS, LEGAL  # noqa: E402
 
 METHODS: dict[str, list[str]] = {
@@ -184,7 +185,7 @@ def analyse(recs: list[dict[str, Any]]) -> dict[str, Any]:
     noise = measured_noise(recs, obj)
     n = len(per_seed(base))
     md = min_delta_on_scale(obj, b0)
-    bar, _ = bar_of(obj, noise, n, md)
+    bar, _ = bar_of(obj, noise, n, md, runs_behind(base))
     floor = 100.0 * math.expm1(bar) if obj.scale == "relative" else 100.0 * bar / abs(b0)
     return {"best_improvement_pct": final, "trials_to_half": half, "trials": len(trials),
             "failure_rate": sum(r.get("label") not in LEGAL for r in trials) / max(len(trials), 1),

@@ -5,9 +5,12 @@ A trial is kept when its mean paired gain over the best beats a bar:
     gain_i    = how much better the candidate is than the best on seed i (same seeds: a paired comparison),
                 in metric units (``scale="absolute"``) or as a log ratio (``scale="relative"``: timings, whose
                 noise grows with the score);
-    keep iff  mean(gain_i) > max(min_delta, c * sqrt(2 * var_run / n)),
+    keep iff  mean(gain_i) > max(min_delta, c * sqrt((1 + 1/k) * var_run / n)),
     c       = the one-sided quantile of Student's t with var_run's degrees of freedom at the confidence
-              ``noise_sigmas`` standard normal deviations state (2 -> 97.7%).
+              ``noise_sigmas`` standard normal deviations state (2 -> 97.7%),
+    k       = how many runs the best's per-seed scores average (``runs_behind``): the baseline's repeats, a
+              confirmed keep's two runs, 1 for a single run (a side-by-side re-run), where the bar is
+              c * sqrt(2 * var_run / n).
 
 A paired one-sided t-test, then: with few re-runs the variance estimate is itself uncertain (from one pair of
 runs it can be a tenth of the truth), and a normal quantile would keep noise far more often than stated; with
@@ -72,6 +75,7 @@ class Verdict:
     gains: list[float] = field(default_factory=list)
     critical: float | None = None    # the t quantile the standard error is multiplied by (None: unmeasured)
     dof: int = 0                     # the noise estimate's degrees of freedom
+    best_runs: int = 1               # runs the best's per-seed scores average (its share of the se)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +84,8 @@ class Verdict:
         unit = "" if self.scale == "absolute" else " (log ratio)"
         bar = (f"max(min_delta {self.min_delta:.3g}, t({self.dof} dof) {self.critical:.3g} x se {self.se:.3g})"
                if self.se is not None and self.critical is not None else f"min_delta {self.min_delta:.3g}")
-        return (f"paired gain {self.gain:+.4g}{unit} over {self.n} seed(s) vs trial {self.best_trial}; bar "
+        runs = f" (mean of {self.best_runs} runs)" if self.best_runs > 1 else ""
+        return (f"paired gain {self.gain:+.4g}{unit} over {self.n} seed(s) vs trial {self.best_trial}{runs}; bar "
                 f"{self.threshold:.4g} = {bar}")
 
 
@@ -106,6 +111,21 @@ def per_seed(rec: Record) -> dict[int, float]:
         return {int(s): float(v) for s, v in zip(seeds, ps)}
     s = rec.get("score")
     return {-1: float(s)} if isinstance(s, (int, float)) else {}
+
+
+def runs_behind(rec: Record | None) -> int:
+    """How many runs each of a record's per-seed scores averages: its repeats (the baseline), 2 for a keep
+    confirmed side by side (the screen and the replicate), else 1. The mean of k runs carries 1/k of one run's
+    noise, which is the best's share of a paired gain's standard error."""
+    m = (rec or {}).get("metrics") or {}
+    if isinstance(m.get("score_runs"), list) and len(m["score_runs"]) >= 2:
+        return len(m["score_runs"])
+    if isinstance(m.get("score_repeats"), list) and len(m["score_repeats"]) >= 2 and set(per_seed(rec or {})) == {-1}:
+        return len(m["score_repeats"])  # no per-seed scores: the score itself is the repeats' mean
+    c = m.get("confirm") or {}
+    if isinstance(c.get("runs"), list) and len(c["runs"]) == 2 and not c.get("seed_ignored"):
+        return 2
+    return 1
 
 
 def _run_groups(rec: Record) -> Iterable[tuple[str, list[list[float]]]]:
@@ -168,18 +188,21 @@ def critical_value(sigmas: float, dof: int) -> float:
     return float(stdtrit(dof, NormalDist().cdf(float(sigmas))))
 
 
-def bar_of(objective: Any, noise: Noise, n_seeds: int, min_delta: float) -> tuple[float, float | None]:
-    """The bar a mean paired gain over ``n_seeds`` seeds must beat, and the standard error behind it (None when
-    the noise is unmeasured, so the bar is ``min_delta``, already on the rule's scale)."""
+def bar_of(objective: Any, noise: Noise, n_seeds: int, min_delta: float,
+           best_runs: int = 1) -> tuple[float, float | None]:
+    """The bar a mean paired gain over ``n_seeds`` seeds must beat against a best whose scores average
+    ``best_runs`` runs, and the standard error behind it (None when the noise is unmeasured, so the bar is
+    ``min_delta``, already on the rule's scale)."""
     if noise.var is None:
         return min_delta, None
-    se = math.sqrt(2.0 * noise.var / max(n_seeds, 1))
+    se = math.sqrt((1.0 + 1.0 / max(best_runs, 1)) * noise.var / max(n_seeds, 1))
     return max(min_delta, critical_value(objective.noise_sigmas, noise.dof) * se), se
 
 
 def decide(candidate: Mapping[int, float], best: Mapping[int, float], objective: Any, noise: Noise,
-           best_trial: int | None = None) -> Verdict:
-    """The keep verdict for ``candidate``'s per-seed scores against ``best``'s (see the module docstring)."""
+           best_trial: int | None = None, best_runs: int = 1) -> Verdict:
+    """The keep verdict for one run's per-seed scores of ``candidate`` against ``best``'s, which average
+    ``best_runs`` runs (see the module docstring)."""
     scale = scale_of(objective)
     seeds = sorted(set(candidate) & set(best))
     if not seeds:  # measured on other seeds (or per-seed scores missing): compare the means, unpaired
@@ -194,11 +217,11 @@ def decide(candidate: Mapping[int, float], best: Mapping[int, float], objective:
     gains = [sign * (bi - ci) for bi, ci in zip(b, c)]
     gain = sum(gains) / len(gains)
     md = min_delta_on_scale(objective, best_mean) if scale == scale_of(objective) else float(objective.min_delta)
-    threshold, se = bar_of(objective, noise, len(gains), md)
+    threshold, se = bar_of(objective, noise, len(gains), md, best_runs)
     return Verdict(keep=gain > threshold, gain=gain, threshold=threshold, se=se, n=len(gains), scale=scale,
                    min_delta=md, best_trial=best_trial, noise=noise.describe(), gains=[round(g, 6) for g in gains],
                    critical=None if se is None else round(critical_value(objective.noise_sigmas, noise.dof), 4),
-                   dof=noise.dof)
+                   dof=noise.dof, best_runs=max(best_runs, 1))
 
 
 def bar_fraction(objective: Any, records: Sequence[Record], best: Record | None) -> float | None:
@@ -208,13 +231,13 @@ def bar_fraction(objective: Any, records: Sequence[Record], best: Record | None)
     if not isinstance(score, (int, float)) or not score:
         return None
     bar, _ = bar_of(objective, measured_noise(records, objective), len(per_seed(best)),
-                    min_delta_on_scale(objective, score))
+                    min_delta_on_scale(objective, score), runs_behind(best))
     if scale_of(objective) == "absolute":
         bar /= abs(float(score))
     return bar or None
 
 
-def describe_rule(objective: Any, noise: Noise, n_seeds: int, best_score: float | None) -> str:
+def describe_rule(objective: Any, noise: Noise, n_seeds: int, best_score: float | None, best_runs: int = 1) -> str:
     """The rule as it stands now, for agents and the summary."""
     scale = scale_of(objective)
     md = min_delta_on_scale(objective, best_score)
@@ -224,10 +247,12 @@ def describe_rule(objective: Any, noise: Noise, n_seeds: int, best_score: float 
     if noise.var is None:
         bar = f"min_delta = {md:.4g}; run-to-run noise is not measured yet"
     else:
-        value, se = bar_of(objective, noise, n_seeds, md)
+        value, se = bar_of(objective, noise, n_seeds, md, best_runs)
         c = critical_value(objective.noise_sigmas, noise.dof)
         bar = (f"max(min_delta {md:.4g}, {c:.3g} x {se:.4g}) = {value:.4g}, where {c:.3g} is Student's t quantile "
                f"for {noise.dof} degree(s) of freedom at the confidence of {objective.noise_sigmas:g} sigmas")
+        if best_runs > 1:
+            bar += f" and the standard error counts the best's scores as the mean of {best_runs} runs"
         if scale == "relative":
             bar += f", i.e. {100 * math.expm1(value):.2f}% faster or better"
         bar += f"; {noise.describe()}"

@@ -280,10 +280,10 @@ def make_view(task: str, metric: str, direction: str, records: list[Record], *, 
     b = best(records, direction)
     rule = ""
     if objective is not None:
-        from .acceptance import describe_rule, measured_noise, per_seed
+        from .acceptance import describe_rule, measured_noise, per_seed, runs_behind
 
         rule = describe_rule(objective, measured_noise(records, objective), len(per_seed(b)) if b else 1,
-                             b.get("score") if b else None)
+                             b.get("score") if b else None, runs_behind(b))
     return LineageView(
         task=task, metric=metric, direction=direction, n_trials=len(records), best=b,
         top_k=top_k(records, direction, top), ancestors_of_best=ancestors(records, b["trial"]) if b else [],

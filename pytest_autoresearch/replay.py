@@ -4,8 +4,8 @@
 lineage: the plain-run test executes that trial's commit exactly as a trial runs (sandbox, seeds, evaluator,
 gates), and this module compares the outcome with the record. A replay reproduces the trial when both are
 legal (or both failed) and the mean paired per-seed difference is within ``max(min_delta, 3 x se)`` of run
-noise, se from the noise the lineage measured (``sqrt(2 var_run / n)``). Each replay is appended to
-``<lineage>/<task>/replays.jsonl``.
+noise, se from the noise the lineage measured (``sqrt((1 + 1/k) var_run / n)``, k the runs the recorded score
+averages). Each replay is appended to ``<lineage>/<task>/replays.jsonl``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .acceptance import measured_noise, min_delta_on_scale, per_seed, scale_of, transform
+from .acceptance import measured_noise, min_delta_on_scale, per_seed, runs_behind, scale_of, transform
 from .lineage import LEGAL, Record, read_jsonl
 from .reference import GateResult, float_floor
 
@@ -111,7 +111,8 @@ def compare(recorded: Record, replayed: Record, records: list[Record], objective
     sign = 1.0 if objective.direction == "minimize" else -1.0
     gain = sum(sign * (y - x) for x, y in zip(ta, tb)) / len(ta)
     noise = measured_noise(records, objective)
-    se = math.sqrt(2.0 * noise.var / len(ta)) if noise.var is not None else 0.0
+    # The recorded score may average several runs (runs_behind); the replay is one.
+    se = math.sqrt((1.0 + 1.0 / runs_behind(recorded)) * noise.var / len(ta)) if noise.var is not None else 0.0
     bar = max(min_delta_on_scale(objective, rs) if scale == scale_of(objective) else 0.0, SIGMAS * se,
               float_floor(rs, scale))
     ok = abs(gain) <= bar

@@ -6,7 +6,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .acceptance import bar_of, measured_noise, min_delta_on_scale, per_seed, scale_of
+from .acceptance import bar_of, measured_noise, min_delta_on_scale, per_seed, runs_behind, scale_of
 from .lineage import LABELS, Record, best
 
 
@@ -70,7 +70,7 @@ def keep_bar(records: list[Record], objective: Any) -> str:
     noise = measured_noise(records, objective)
     if noise.var is None:
         return f"min_delta {objective.min_delta:g} (noise unmeasured)"
-    bar, _ = bar_of(objective, noise, n, min_delta_on_scale(objective, b.get("score") if b else None))
+    bar, _ = bar_of(objective, noise, n, min_delta_on_scale(objective, b.get("score") if b else None), runs_behind(b))
     if scale_of(objective) == "relative":
         return f"{100 * math.expm1(bar):.2f}% ({n} seeds, paired)"
     return f"{bar:.3g} ({n} seeds, paired)"

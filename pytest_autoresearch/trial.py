@@ -26,7 +26,7 @@ from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, ch
                     content_hash)
 from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
-from .acceptance import Verdict, bar_fraction, decide, measured_noise, per_seed, scale_of, transform
+from .acceptance import Verdict, bar_fraction, decide, measured_noise, per_seed, runs_behind, scale_of, transform
 from .allocation import Prior, catalog_priors, choose_parent, choose_specialist, merge_specialists
 from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view
 from .runner import Phase, PhaseResult, run_phase, scrubbed_env
@@ -36,6 +36,7 @@ from .vcs import RepoError, TaskRepo, read_recipe
 
 STAGE_LAYOUT = 2  # bump when the staged-data layout changes, so old stagings are redone
 RESEED_STRIDE = 1000  # re-run k of seed s trains on seed s + RESEED_STRIDE * k (Objective.reseed_reruns)
+MEASURED_LABELS = ("baseline", "keep", "discard", "gate_miss")  # a re-run of the same code would only redraw noise
 
 
 class BaselineError(RuntimeError):
@@ -643,6 +644,7 @@ class TaskRun:
                 raise EditError("the edit changes nothing")
             check_surface(files, after, spec.surface, spec.name)
             check_forbidden(files, after, self.task.evaluator.forbidden)
+            self._check_not_measured(after)
             check_compiles(after, changed)
             self._check_size(after)
         except SurfaceViolation as e:
@@ -668,6 +670,20 @@ class TaskRun:
             label = self._confirm(trial, rec["commit"], outcome)
         return self._finish(rec, outcome, label=label)
 
+    def _check_not_measured(self, files: dict[str, str]) -> None:
+        """Refuse code the lineage already scored. A second measurement of the same code is a second draw of its
+        noise, not a new trial: k submissions of a no-op would get about k chances at a lucky keep. Code whose
+        earlier run failed for a reason a re-run can change (crash, budget_overrun, ...) may run again."""
+        h = content_hash(files)
+        for r in self.lineage.records(quiet=True):
+            if r.get("content_hash") == h and r.get("label") in MEASURED_LABELS:
+                score = r.get("score")
+                raise EditError(
+                    f"it reproduces trial {r['trial']}'s code exactly (content hash {h}), which was already "
+                    f"measured ({r['label']}" + (f", {self.task.objective.metric} {score:.6g}" if
+                                                 isinstance(score, (int, float)) else "")
+                    + "); the same code measured again is not a new trial: propose a change to it")
+
     def _confirm(self, trial: int, commit: str, outcome: Outcome) -> str | None:
         """A would-be keep is measured again right after the best is re-measured, so both see the same
         machine; it stays a keep candidate (None) only if the side-by-side re-runs still pass the keep rule.
@@ -682,9 +698,9 @@ class TaskRun:
         if b is None or outcome.score is None:
             return None
         first = self._per_seed(outcome)
-        ref = self._fresh_best(trial, b, records, outcome)
+        ref, ref_runs = self._fresh_best(trial, b, records, outcome)
         pooled = measured_noise(records, obj)
-        screen = decide(first, ref, obj, pooled, b["trial"])
+        screen = decide(first, ref, obj, pooled, b["trial"], ref_runs)
         near = not screen.keep and _near_miss(screen, obj.replicate_near_misses)
         if not screen.keep and not near:
             outcome.verdict = screen
@@ -739,37 +755,39 @@ class TaskRun:
             outcome.notes = f"{missed}the replicate passed: {outcome.verdict.describe()}"
         return None
 
-    def _fresh_best(self, trial: int, b: Record, records: list[Record], outcome: Outcome) -> dict[int, float]:
+    def _fresh_best(self, trial: int, b: Record, records: list[Record],
+                    outcome: Outcome) -> tuple[dict[int, float], int]:
         """The best's per-seed scores to screen a candidate against: with ``Objective.refresh_best_every`` = N,
         its latest measurement (its own record, or a later side-by-side re-run of it) when that is at most N
         trials old, else a re-run of the best made now (recorded in this trial's ``metrics.best_rerun``). On a
         machine whose speed drifts, or that got busier since the best ran, a stale score would turn away
-        real wins before they reach the side-by-side confirmation."""
+        real wins before they reach the side-by-side confirmation. Also how many runs those scores average."""
         every = int(getattr(self.task.objective, "refresh_best_every", 0) or 0)
         if not every:
-            return per_seed(b)
-        at, scores = b["trial"], per_seed(b)
+            return per_seed(b), runs_behind(b)
+        at, scores, runs = b["trial"], per_seed(b), runs_behind(b)
         for r in records:
             m = r.get("metrics") or {}
             if r.get("trial", -1) <= at:
                 continue
             c, rr = m.get("confirm") or {}, m.get("best_rerun") or {}
             if c.get("best_trial") == b["trial"] and isinstance(c.get("best_runs_per_seed"), list):
-                at, scores = r["trial"], dict(zip(c.get("seeds") or sorted(scores), c["best_runs_per_seed"][-1]))
+                at, runs = r["trial"], 1
+                scores = dict(zip(c.get("seeds") or sorted(scores), c["best_runs_per_seed"][-1]))
             elif rr.get("best_trial") == b["trial"] and isinstance(rr.get("per_seed"), dict):
-                at, scores = r["trial"], {int(k): v for k, v in rr["per_seed"].items()}
+                at, scores, runs = r["trial"], {int(k): v for k, v in rr["per_seed"].items()}, 1
         if trial - at <= every:
-            return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+            return {k: v for k, v in scores.items() if isinstance(v, (int, float))}, runs
         try:
             again = self.run_recipe(self.commit_of(b), self._trial_dir(trial) / "best-rerun")
         finally:
             self._cleanup_dir(self._trial_dir(trial) / "best-rerun")
         if again.label is not None or again.score is None:
-            return per_seed(b)
+            return per_seed(b), runs_behind(b)
         fresh = self._per_seed(again)
         outcome.metrics["best_rerun"] = {"best_trial": b["trial"], "score": again.score,
                                          "per_seed": {str(k): v for k, v in fresh.items()}}
-        return fresh
+        return fresh, 1
 
     def _per_seed(self, outcome: Outcome) -> dict[int, float]:
         # A re-run on fresh seeds reports its scores in the budget seeds' order: each stands in for that seed.
@@ -842,7 +860,7 @@ class TaskRun:
                 if b is not None and outcome.score is not None:
                     # Against the best *now*: another worker may have kept a trial while this one ran.
                     verdict = decide(self._per_seed(outcome), per_seed(b), obj, measured_noise(records, obj),
-                                     b["trial"])
+                                     b["trial"], runs_behind(b))
                     label = "keep" if verdict.keep else "discard"
             if verdict is not None:
                 rec["acceptance"] = verdict.to_json()

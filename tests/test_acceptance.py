@@ -13,7 +13,8 @@ import pytest
 from conftest import ToyRun
 from toytask import SCRIPTED_CONFTEST, edit
 
-from pytest_autoresearch.acceptance import critical_value, decide, describe_rule, measured_noise, per_seed
+from pytest_autoresearch.acceptance import (critical_value, decide, describe_rule, measured_noise, per_seed,
+                                            runs_behind)
 from pytest_autoresearch.task import Objective
 
 
@@ -60,6 +61,27 @@ def test_few_re_runs_raise_the_bar_by_students_t():
     assert v20.keep and v20.critical == pytest.approx(2.133, abs=1e-3)
     assert not v1.keep and v1.critical == pytest.approx(13.97, abs=0.01) and "t(1 dof)" in v1.describe()
     assert critical_value(2.0, 0) == 2.0 and critical_value(2.0, 10 ** 6) == pytest.approx(2.0, abs=1e-3)
+
+
+def test_the_bar_counts_a_best_measured_k_times_as_the_mean_of_k_runs():
+    obj = Objective("loss", "minimize")
+    base = _rec(0, [1.0], seeds=(0,), score_runs=[[1.0], [1.02], [0.98], [1.0]])
+    noise = measured_noise([base], obj)
+    assert runs_behind(base) == 4 and noise.dof == 3
+    # One run against the mean of four: var (1 + 1/4), not the 2 var of two single runs.
+    against_mean = decide({0: 0.93}, per_seed(base), obj, noise, 0, runs_behind(base))
+    against_one = decide({0: 0.93}, per_seed(base), obj, noise, 0)
+    assert against_mean.se == pytest.approx((1.25 * noise.var) ** 0.5)
+    assert against_one.se == pytest.approx((2.0 * noise.var) ** 0.5)
+    assert against_mean.threshold < against_mean.gain < against_one.threshold
+    assert against_mean.keep and not against_one.keep, "the same 0.07 gain: clear of the mean, not of one run"
+    assert against_mean.best_runs == 4 and "mean of 4 runs" in against_mean.describe()
+    assert "mean of 4 runs" in describe_rule(obj, noise, 1, 1.0, runs_behind(base))
+    # A keep confirmed side by side averages its two runs; a pinned seed's pair is one draw, not two runs.
+    confirmed = _rec(3, [0.9], seeds=(0,), confirm={"runs": [0.9, 0.9], "runs_per_seed": [[0.9], [0.9]]})
+    pinned = _rec(3, [0.9], seeds=(0,), confirm={"runs": [0.9, 0.9], "seed_ignored": True})
+    bare = {"trial": 0, "seeds": [0], "score": 1.0, "metrics": {"score_repeats": [1.0, 1.1, 0.9]}}
+    assert (runs_behind(confirmed), runs_behind(pinned), runs_behind(bare), runs_behind(None)) == (2, 1, 3, 1)
 
 
 def test_relative_scale_judges_timings_by_ratio():
@@ -202,6 +224,23 @@ def test_a_seed_only_change_on_a_noisy_recipe_is_not_kept(toy: ToyRun):
     assert "keep bar now" in toy.output and "(4 seeds, paired)" in toy.output
 
 
+def test_code_already_measured_is_not_measured_again(toy: ToyRun):
+    # Each re-measurement of the same code would be a fresh draw of its noise: k submissions of one no-op, k
+    # chances at a lucky keep. Code whose run crashed may run again (a crash can be the machine's).
+    worse = edit("LEVEL = 1.0", "LEVEL = 1.5")
+    crash = edit("LEVEL = 1.0", "LEVEL = None")
+    recs = _levels(toy, [{"edits": [worse]}, {"edits": [worse]},
+                         {"edits": [edit("LEVEL = 1.0\nRNG_SEED = 1", "LEVEL = 1.5\nRNG_SEED = 1")]},
+                         {"edits": [crash]}, {"edits": [crash]}, {"edits": [edit("LEVEL = 1.0", "LEVEL = 0.7")]}],
+                   noisy=True, scale="relative", confirm=True, sigmas=3.0)
+    labels = [r["label"] for r in recs]
+    assert labels == ["baseline", "discard", "preflight_crash", "preflight_crash", "crash", "crash", "keep"], labels
+    for dup in recs[2:4]:
+        assert dup["content_hash"] == recs[1]["content_hash"] and dup.get("score") is None
+        assert "reproduces trial 1's code exactly" in dup["notes"] and "discard" in dup["notes"], dup["notes"]
+    assert recs[4]["content_hash"] == recs[5]["content_hash"]
+
+
 def test_the_agents_view_states_the_rule_with_its_numbers():
     from pytest_autoresearch.lineage import make_view
 
@@ -320,7 +359,7 @@ def test_a_candidate_that_pins_a_lucky_seed_is_not_confirmed_on_fresh_seeds(toy:
 
 
 def _unlucky_real_win() -> tuple[dict, float]:
-    """An edit that makes every seed's loss 20% lower, in a variant whose draw on the budget's seeds is unlucky:
+    """An edit that makes every seed's loss 10% lower, in a variant whose draw on the budget's seeds is unlucky:
     its screen falls short of the bar by less than one standard error, and its side-by-side replicate on fresh
     seeds (trial 1's: seed + 4000) passes. Found with the rule's own functions, on the draws the recipe makes."""
     obj = Objective("loss", "minimize", baseline_repeats=3, confirm_keeps=True, scale="relative", reseed_reruns=True)
@@ -330,18 +369,18 @@ def _unlucky_real_win() -> tuple[dict, float]:
             "metrics": {"score_runs": runs, "score_per_seed": [sum(c) / 3 for c in zip(*runs)]}}
     pooled = measured_noise([base], obj)
     for salt in range(2, 3000):
-        code = CHAOTIC_RECIPE.replace("LEVEL = 1.0", "LEVEL = 0.8").replace("SALT = 1", f"SALT = {salt}")
-        first = {s: 0.8 * _draw(code, s) for s in seeds}
-        screen = decide(first, per_seed(base), obj, pooled, 0)
+        code = CHAOTIC_RECIPE.replace("LEVEL = 1.0", "LEVEL = 0.9").replace("SALT = 1", f"SALT = {salt}")
+        first = {s: 0.9 * _draw(code, s) for s in seeds}
+        screen = decide(first, per_seed(base), obj, pooled, 0, runs_behind(base))
         if screen.keep or screen.gain <= screen.threshold - screen.se:
             continue
-        second = {s: 0.8 * _draw(code, s + 4000) for s in seeds}
+        second = {s: 0.9 * _draw(code, s + 4000) for s in seeds}
         best_again = {s: _draw(CHAOTIC_RECIPE, s + 4000) for s in seeds}
         confirm = {"runs_per_seed": [list(first.values()), list(second.values())],
                    "best_runs_per_seed": [runs[-1], list(best_again.values())]}
         noise = measured_noise([base, {"trial": 1, "metrics": {"confirm": confirm}}], obj)
         if decide(second, best_again, obj, noise, 0).keep:
-            return {"edits": [edit("LEVEL = 1.0", "LEVEL = 0.8"), edit("SALT = 1", f"SALT = {salt}")]}, screen.gain
+            return {"edits": [edit("LEVEL = 1.0", "LEVEL = 0.9"), edit("SALT = 1", f"SALT = {salt}")]}, screen.gain
     raise AssertionError("no salt in range gives an unlucky screen and a passing replicate")
 
 

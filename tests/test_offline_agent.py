@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-
+import re
 from pathlib import Path
 
 import pytest
@@ -239,7 +239,8 @@ def test_a_step_predicted_to_fail_the_gate_is_avoided_or_traded_for_margin(task)
     traded = [p for p in proposals if p.kind.startswith("train.py:opt:steps:down+train.py:opt:lr:up")]
     assert traded, [p.kind for p in proposals]
     after = apply_edits(files_of(task), traded[0].edits)["train.py"]
-    assert "steps = 15" in after and "lr = 0.2" in after, after
+    cut_to = int(re.search(r"^steps = (\d+)", after, re.M).group(1))
+    assert cut_to < 20 and "lr = 0.2" in after, after
     assert "Traded" in traded[0].hypothesis and "acc" in traded[0].hypothesis, traded[0].hypothesis
     # Without a measured way to buy accuracy back, the same cut is predicted to fail the gate and is rarely drawn.
     alone = [OfflineAgent(seed=2).propose(request(gated, [base, cut], trial=t)) for t in range(5, 405)]

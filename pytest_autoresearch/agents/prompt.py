@@ -203,13 +203,13 @@ def keep_rule_text(objective: "Objective") -> str:
 
 def keep_bar_text(objective: "Objective", records: list[Record]) -> str:
     """The bar as it stands now, from the same ``decide`` that labels trials, in the metric's units too."""
-    from ..acceptance import decide, measured_noise, per_seed
+    from ..acceptance import decide, measured_noise, per_seed, runs_behind
 
     b = best(records, objective.direction)
     if b is None or not isinstance(b.get("score"), (int, float)):
         return "No scored trial yet: the first legal trial becomes the best."
     scores = per_seed(b)
-    v = decide(scores, scores, objective, measured_noise(records, objective), b["trial"])
+    v = decide(scores, scores, objective, measured_noise(records, objective), b["trial"], runs_behind(b))
     minimize = objective.direction == "minimize"
     mean = sum(scores.values()) / len(scores)
     if v.se is not None:

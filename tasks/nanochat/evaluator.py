@@ -43,7 +43,7 @@ import nanochat_core  # noqa: E402
 import nanochat_minicore  # noqa: E402
 from pytest_autoresearch.runtime import OutputError  # noqa: E402
 
-MINI_DEFAULTS: dict[str, Any] = dict(val_fraction=0.1, eval_seed=20240611, train_seed=7, items_per_task=200,
+MINI_DEFAULTS: dict[str, Any] = dict(val_fraction=0.1, eval_seed=20240611, train_seed=7, items_per_task=600,
                                      procedural_blocks=4000, bpb_bytes=60_000, batch_tokens=8192, probe_rate=0.1,
                                      min_probes=3)
 FULL_DEFAULTS: dict[str, Any] = dict(core_max_per_task=-1, bpb_tokens=2 ** 18, batch_tokens=65536,
