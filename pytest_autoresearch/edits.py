@@ -1,6 +1,7 @@
 """Edits an agent proposes, how they apply to recipe files, and the surface rules they must obey."""
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import re
@@ -161,4 +162,19 @@ def content_hash(files: Files) -> str:
     h = hashlib.sha1()
     for path in sorted(files):
         h.update(path.encode() + b"\0" + files[path].encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def code_hash(files: Files) -> str:
+    """Identity of what a recipe tree does: ``content_hash``, except that a Python file counts by its syntax tree,
+    so comments, blank lines and layout do not make new code (a file that does not parse counts by its text)."""
+    h = hashlib.sha1()
+    for path in sorted(files):
+        text = files[path]
+        if path.endswith(".py"):
+            try:
+                text = ast.dump(ast.parse(text))
+            except (SyntaxError, ValueError):
+                pass
+        h.update(path.encode() + b"\0" + text.encode("utf-8") + b"\0")
     return h.hexdigest()[:16]

@@ -23,7 +23,7 @@ from . import early_stop, masking
 from .agents.base import AgentFatal, AgentStop, NoProposal, Proposal, ProposalRequest
 from .agents.workbench import TrialWorkbench, crash_note
 from .edits import (EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden, check_surface,
-                    content_hash)
+                    code_hash, content_hash)
 from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
 from .acceptance import Verdict, bar_fraction, decide, measured_noise, per_seed, runs_behind, scale_of, transform
@@ -486,7 +486,8 @@ class TaskRun:
         rec = self._record(0, started=started, specialist="baseline", parent=None,
                            proposal=Proposal("The baseline recipe, measured as the starting point.", None, []),
                            commit=commit, diff="")
-        rec["content_hash"] = content_hash(self.repo.files_at(commit))
+        files = self.repo.files_at(commit)
+        rec["content_hash"], rec["code_hash"] = content_hash(files), code_hash(files)
         rec["baseline_inputs"] = self._baseline_inputs()
         if remeasure:
             rec["remeasured"] = remeasure
@@ -654,7 +655,7 @@ class TaskRun:
         except _SizeBlocked as e:
             label, notes = "size_blocked", str(e)
         # Even a refused edit is committed, so the attempt can be read in git like any other trial.
-        rec["content_hash"] = content_hash(after)
+        rec["content_hash"], rec["code_hash"] = content_hash(after), code_hash(after)
         rec["commit"] = self.repo.commit_trial(trial, parent_commit, after, message)
         rec["diff"] = self.repo.diff(parent_commit, rec["commit"])
         if label is not None:
@@ -672,17 +673,22 @@ class TaskRun:
 
     def _check_not_measured(self, files: dict[str, str]) -> None:
         """Refuse code the lineage already scored. A second measurement of the same code is a second draw of its
-        noise, not a new trial: k submissions of a no-op would get about k chances at a lucky keep. Code whose
-        earlier run failed for a reason a re-run can change (crash, budget_overrun, ...) may run again."""
-        h = content_hash(files)
+        noise, not a new trial: k submissions of a no-op would get about k chances at a lucky keep. The same
+        code includes the same code with other comments or layout (``code_hash``). Code whose earlier run failed
+        for a reason a re-run can change (crash, budget_overrun, ...) may run again."""
+        text, code = content_hash(files), code_hash(files)
         for r in self.lineage.records(quiet=True):
-            if r.get("content_hash") == h and r.get("label") in MEASURED_LABELS:
+            if r.get("label") not in MEASURED_LABELS:
+                continue
+            exact = r.get("content_hash") == text
+            if exact or r.get("code_hash") == code:
                 score = r.get("score")
-                raise EditError(
-                    f"it reproduces trial {r['trial']}'s code exactly (content hash {h}), which was already "
-                    f"measured ({r['label']}" + (f", {self.task.objective.metric} {score:.6g}" if
-                                                 isinstance(score, (int, float)) else "")
-                    + "); the same code measured again is not a new trial: propose a change to it")
+                measured = f"{r['label']}" + (f", {self.task.objective.metric} {score:.6g}"
+                                              if isinstance(score, (int, float)) else "")
+                how = "exactly" if exact else "up to comments and layout"
+                raise EditError(f"it reproduces trial {r['trial']}'s code {how}, which was already measured "
+                                f"({measured}); the same code measured again is not a new trial: propose a "
+                                f"change to it")
 
     def _confirm(self, trial: int, commit: str, outcome: Outcome) -> str | None:
         """A would-be keep is measured again right after the best is re-measured, so both see the same

@@ -231,14 +231,17 @@ def test_code_already_measured_is_not_measured_again(toy: ToyRun):
     crash = edit("LEVEL = 1.0", "LEVEL = None")
     recs = _levels(toy, [{"edits": [worse]}, {"edits": [worse]},
                          {"edits": [edit("LEVEL = 1.0\nRNG_SEED = 1", "LEVEL = 1.5\nRNG_SEED = 1")]},
+                         {"edits": [edit("LEVEL = 1.0", "LEVEL = 1.50  # the same, written otherwise\n")]},
                          {"edits": [crash]}, {"edits": [crash]}, {"edits": [edit("LEVEL = 1.0", "LEVEL = 0.7")]}],
                    noisy=True, scale="relative", confirm=True, sigmas=3.0)
     labels = [r["label"] for r in recs]
-    assert labels == ["baseline", "discard", "preflight_crash", "preflight_crash", "crash", "crash", "keep"], labels
-    for dup in recs[2:4]:
-        assert dup["content_hash"] == recs[1]["content_hash"] and dup.get("score") is None
-        assert "reproduces trial 1's code exactly" in dup["notes"] and "discard" in dup["notes"], dup["notes"]
-    assert recs[4]["content_hash"] == recs[5]["content_hash"]
+    assert labels == ["baseline", "discard", *["preflight_crash"] * 3, "crash", "crash", "keep"], labels
+    for dup in recs[2:5]:
+        assert dup["code_hash"] == recs[1]["code_hash"] and dup.get("score") is None
+        assert "reproduces trial 1's code" in dup["notes"] and "discard" in dup["notes"], dup["notes"]
+    assert "code exactly" in recs[3]["notes"] and "up to comments and layout" in recs[4]["notes"]
+    assert recs[4]["content_hash"] != recs[1]["content_hash"]
+    assert recs[5]["content_hash"] == recs[6]["content_hash"]
 
 
 def test_the_agents_view_states_the_rule_with_its_numbers():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_autoresearch.edits import (Edit, EditError, SurfaceViolation, apply_edits, check_compiles, check_forbidden,
-                                       check_surface, region_text)
+                                       check_surface, code_hash, content_hash, region_text)
 from pytest_autoresearch.task import Surface
 
 TRAIN = """import torch
@@ -75,3 +75,13 @@ def test_compile_check_names_file_and_line():
     bad = {"train.py": "x = (\n"}
     with pytest.raises(EditError, match=r"train.py does not compile.*line 1"):
         check_compiles(bad, {"train.py"})
+
+
+def test_code_hash_is_blind_to_comments_and_layout_but_not_to_code():
+    base = {"train.py": "LR = 0.1\n\ndef train(ctx):\n    return LR\n", "notes.txt": "a"}
+    relaid = {"train.py": "LR = 0.10  # tuned\n\n\ndef train(ctx):  # the loop\n    return (LR)\n", "notes.txt": "a"}
+    assert content_hash(relaid) != content_hash(base) and code_hash(relaid) == code_hash(base)
+    assert code_hash({**base, "train.py": base["train.py"].replace("0.1", "0.2")}) != code_hash(base)
+    assert code_hash({**base, "notes.txt": "b"}) != code_hash(base), "other files count by their text"
+    broken = {"train.py": "def train(:\n"}
+    assert code_hash(broken) != code_hash({"train.py": "def train(:  \n"}), "unparsable: its text"

@@ -123,7 +123,7 @@ def test_a_deleted_task_repository_is_rebuilt_from_the_lineage(toy: ToyRun):
     shutil.rmtree(toy.root / ".autoresearch/toy/repo")
     (toy.root / "script.json").write_text(json.dumps([
         {"edits": [edit("predict_sleep_s = 0.0", "predict_sleep_s = 0.001")]},
-        {"edits": [edit("use_bias = False", "use_bias = True  # again")]}]))  # not trial 2's code: a new trial
+        {"edits": [edit("use_bias = False", "use_bias = True\nbias_init = 0.0")]}]))  # not trial 2's code
     r = toy.run("tasks/toy", "--autoresearch-trials", "2", "--autoresearch-agent", "scripted")
     recs = toy.records()
     assert [x["label"] for x in recs[3:]] == ["discard", "discard"], r.output[-2000:]
