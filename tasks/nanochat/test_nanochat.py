@@ -9,7 +9,7 @@ items.
 
 - full variant (CUDA): depth 12 on pretraining shards, bf16, torch.compile; score = CORE (DCLM, 22 tasks,
   centered accuracy, mean). Budget 90 min of training on one GPU.
-- mini variant (2 CPU cores): the same code at depth 2 on an offline English corpus, 160 steps (~40 s); score =
+- mini variant (2 CPU cores): the same code at depth 2 on an offline English corpus, 160 steps (~20-40 s); score =
   mini-CORE (the same centered-accuracy formula over 7 generated tasks: dyck completion, repeat-copy, operators,
   last-word cloze, continuation choice, context schema, word order), with held-out bits per byte alongside.
   The training data mixes in procedurally generated examples of the three symbolic formats (drawn with a
@@ -193,7 +193,8 @@ def baseline_recipe(autoresearch_variant: str) -> Path:
 @pytest.fixture
 def budget(autoresearch_variant: str) -> Budget:
     if autoresearch_variant == "mini":
-        # 160 steps take ~40 s on 2 quiet cores; the recipe caps its loop at 60 s and 90 s is the hard kill.
+        # 160 steps take ~20 s on 2 quiet cores (2-3x under load); the recipe caps its loop at 60 s and 90 s is
+        # the hard kill.
         # Evaluation (7 x 600 items + 60 kB of bpb) takes ~20-40 s.
         return Budget(train_seconds=90, eval_seconds=180, seeds=(0,), threads=2, preload=("torch",))
     # nanochat's speedrun budget was 90 min on 8 GPUs; this recipe trains on one GPU for 90 min (TIME_BUDGET_S)
