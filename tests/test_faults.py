@@ -59,7 +59,7 @@ SPAWN = ("import subprocess as _sp\n"
 @pytest.mark.parametrize("point", ["train", "predict", "evaluate"])
 def test_sigkill_of_pytest_mid_trial_leaves_nothing_running_and_loses_nothing(toy: ToyRun, point: str):
     slow = {"train": "sleep_s = 30.0\n" + SPAWN, "predict": "predict_sleep_s = 30.0\n" + SPAWN,
-            "evaluate": "# EVAL_SLOW"}[point]
+            "evaluate": "EVAL_SLOW = True\n"}[point]  # code, not a comment: a comment alone is the parent's code
     script = [{"edits": [edit("steps = 20  # range: 1..2000", "steps = 30  # range: 1..2000")]},
               {"edits": [edit("use_bias = False", "use_bias = False\n" + slow)]}]  # the arch specialist's turn
     write_toy_task(toy.root, script=script, train_seconds=60, eval_seconds=60)
