@@ -138,6 +138,9 @@ def check_compiles(files: Files, changed: set[str]) -> None:
                 compile(files[path], path, "exec")
             except SyntaxError as e:
                 raise EditError(f"{path} does not compile after the edit: {e.msg} (line {e.lineno})") from None
+            except (ValueError, RecursionError, MemoryError) as e:  # null bytes; nesting the compiler cannot take
+                raise EditError(f"{path} does not compile after the edit: {type(e).__name__}: "
+                                f"{e or 'too large to parse'}") from None
 
 
 def check_forbidden(before: Files, after: Files, patterns: tuple[str, ...]) -> None:
@@ -174,7 +177,7 @@ def code_hash(files: Files) -> str:
         if path.endswith(".py"):
             try:
                 text = ast.dump(ast.parse(text))
-            except (SyntaxError, ValueError):
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
                 pass
         h.update(path.encode() + b"\0" + text.encode("utf-8") + b"\0")
     return h.hexdigest()[:16]

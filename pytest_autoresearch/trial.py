@@ -639,14 +639,15 @@ class TaskRun:
             return self._finish(rec, Outcome("preflight_crash", f"edit does not apply: {e}"), label="preflight_crash")
         message = masking.clean(f"trial {trial} [{spec.name}] {proposal.hypothesis}\n\nparent: trial {parent['trial']}")
         changed = {p for p in set(files) | set(after) if files.get(p) != after.get(p)}
+        rec["content_hash"], rec["code_hash"] = content_hash(after), code_hash(after)
         label = None
         try:
             if not changed:
                 raise EditError("the edit changes nothing")
             check_surface(files, after, spec.surface, spec.name)
             check_forbidden(files, after, self.task.evaluator.forbidden)
-            self._check_not_measured(after)
             check_compiles(after, changed)
+            self._check_not_measured(rec["content_hash"], rec["code_hash"])
             self._check_size(after)
         except SurfaceViolation as e:
             label, notes = "surface_violation", str(e)
@@ -655,7 +656,6 @@ class TaskRun:
         except _SizeBlocked as e:
             label, notes = "size_blocked", str(e)
         # Even a refused edit is committed, so the attempt can be read in git like any other trial.
-        rec["content_hash"], rec["code_hash"] = content_hash(after), code_hash(after)
         rec["commit"] = self.repo.commit_trial(trial, parent_commit, after, message)
         rec["diff"] = self.repo.diff(parent_commit, rec["commit"])
         if label is not None:
@@ -671,12 +671,11 @@ class TaskRun:
             label = self._confirm(trial, rec["commit"], outcome)
         return self._finish(rec, outcome, label=label)
 
-    def _check_not_measured(self, files: dict[str, str]) -> None:
+    def _check_not_measured(self, text: str, code: str) -> None:
         """Refuse code the lineage already scored. A second measurement of the same code is a second draw of its
-        noise, not a new trial: k submissions of a no-op would get about k chances at a lucky keep. The same
-        code includes the same code with other comments or layout (``code_hash``). Code whose earlier run failed
-        for a reason a re-run can change (crash, budget_overrun, ...) may run again."""
-        text, code = content_hash(files), code_hash(files)
+        noise, not a new trial: k submissions of a no-op would get about k chances at a lucky keep. Same code is
+        the same ``content_hash`` (``text``) or ``code_hash`` (``code``: other comments or layout). Code whose
+        earlier run failed for a reason a re-run can change (crash, budget_overrun, ...) may run again."""
         for r in self.lineage.records(quiet=True):
             if r.get("label") not in MEASURED_LABELS:
                 continue

@@ -85,3 +85,11 @@ def test_code_hash_is_blind_to_comments_and_layout_but_not_to_code():
     assert code_hash({**base, "notes.txt": "b"}) != code_hash(base), "other files count by their text"
     broken = {"train.py": "def train(:\n"}
     assert code_hash(broken) != code_hash({"train.py": "def train(:  \n"}), "unparsable: its text"
+
+
+@pytest.mark.parametrize("src", ["x = " + "1+" * 200_000 + "1\n", "x = 1\0\n"], ids=["deep", "null-byte"])
+def test_code_the_compiler_cannot_take_is_a_refused_edit_not_a_harness_error(src):
+    # An agent's edit must never raise past the preflight (it would be labelled the harness' own bug).
+    with pytest.raises(EditError, match="does not compile after the edit"):
+        check_compiles({"train.py": src}, {"train.py"})
+    assert code_hash({"train.py": src}) == code_hash({"train.py": src}), "hashed by its text"
