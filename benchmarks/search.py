@@ -4,8 +4,9 @@
                                 [--methods ours random tpe greedy no_lineage] [--out benchmarks/results/search.json]
 
 Each twin has its own plan of trials and agent seeds (``PLANS``), sized so that one twin's run of the five
-default methods fits in under an hour on 2 cores (measured, ``--remeasure 0``: airbench 27.6 min, paramgolf
-25.7; nanochat 56.3, since its trials that keep the clock-filling change train for the whole 60 s cap). A trial
+default methods fits well under an hour on 2 cores (measured, ``--remeasure 0``: airbench 27.6 min, paramgolf
+25.7; nanochat 56.3 at 3 trials, since every trial after a keep of the clock-filling change trains for the
+whole 60 s cap, hence 2 trials). A trial
 costs what the twin's training costs: about 14 s on airbench, 45-85 s on paramgolf and nanochat, and a kept
 trial three times that (its confirmation re-runs the candidate and the best). ``--trials`` and ``--seeds``
 override every twin's plan.
@@ -15,7 +16,7 @@ override every twin's plan.
   in 30 attempts. A run keeps the lever in about two runs of three, whichever method proposes it; five seeds
   rather than three make the median less of one draw.
 - paramgolf: 4 trials x 3 seeds. The gains the loop finds arrive by trial 4 (6 trials added 0.07 points).
-- nanochat: 3 trials x 3 seeds. Its keep bar is about 18% of mini-CORE at one training seed (600 evaluation
+- nanochat: 2 trials x 3 seeds. Its keep bar is about 18% of mini-CORE at one training seed (600 evaluation
   items per task, five baseline repeats); the twin's measured lever, running the schedule for the whole 60 s
   clock instead of a third of it, gains about 45%, and a trial that keeps it costs four minutes.
 
@@ -86,7 +87,7 @@ METHODS: dict[str, list[str]] = {
 DEFAULT_METHODS = ["ours", "random", "tpe", "greedy", "no_lineage"]
 # Per twin: (trials, agent seeds); the module docstring says why each.
 PLANS: dict[str, tuple[int, list[int]]] = {"airbench": (6, [0, 1, 2, 3, 4]), "paramgolf": (4, [0, 1, 2]),
-                                           "nanochat": (3, [0, 1, 2])}
+                                           "nanochat": (2, [0, 1, 2])}
 DEFAULT_PLAN = (6, [0, 1, 2])
 
 
