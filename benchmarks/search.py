@@ -4,9 +4,9 @@
                                 [--methods ours random tpe greedy no_lineage] [--out benchmarks/results/search.json]
 
 Each twin has its own plan of trials and agent seeds (``PLANS``), sized so that one twin's run of the five
-default methods fits well under an hour on 2 cores (measured, ``--remeasure 0``: airbench 27.6 min, paramgolf
-25.7; nanochat 56.3 at 3 trials, since every trial after a keep of the clock-filling change trains for the
-whole 60 s cap, hence 2 trials). A trial
+default methods fits well under an hour on 2 cores (measured in one run of all three, ``--remeasure 0``:
+airbench 31.2 min, paramgolf 26.7, nanochat 41.4; nanochat took 56.3 at 3 trials, since every trial after a
+keep of the clock-filling change trains for the whole 60 s cap, hence 2 trials). A trial
 costs what the twin's training costs: about 14 s on airbench, 45-85 s on paramgolf and nanochat, and a kept
 trial three times that (its confirmation re-runs the candidate and the best). ``--trials`` and ``--seeds``
 override every twin's plan.

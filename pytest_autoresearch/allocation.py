@@ -20,7 +20,9 @@ Specialists (``schedule``):
                    out stops steering). Index: ``(prior_reward + sum(yields)) / (1 + n) + explore *
                    sqrt(2 ln(1 + N) / (1 + n))``; ties go to the arm with fewer turns, then the task's order.
                    ``search.bandit_min_turns`` > 0 first deals every specialist that many turns (largest prior
-                   first; a specialist whose last trial was kept plays again, win-stay).
+                   first; a specialist whose last trial was kept plays again, win-stay). With workers, a trial
+                   still being measured counts as its specialist's turn in ``n``, ``N`` and the dealt turns,
+                   without a yield yet: an arm is not dealt a second turn only because its first has not ended.
 
 Parents (``search.parent``):
 
@@ -128,9 +130,10 @@ def prior_reward(gain: float, bar: float | None) -> float:
 def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record], trial: int, seed: int,
                       explore: float = 1.0, min_turns: int = 0,
                       priors: Mapping[str, Prior] | Callable[[], Mapping[str, Prior]] | None = None,
-                      bar: float | None = None) -> Turn:
+                      bar: float | None = None, in_flight: Sequence[str] = ()) -> Turn:
     """The specialist for ``trial`` under ``rule`` (see the module docstring). ``priors`` may be a callable,
-    called only when the bandit decides; ``bar`` is the keep bar now, as a fraction of the best score."""
+    called only when the bandit decides; ``bar`` is the keep bar now, as a fraction of the best score;
+    ``in_flight`` the specialists of the trials being measured now (one entry per trial)."""
     k = len(names)
     if rule == "random":
         i = random.Random(f"{seed}:{trial}").randrange(k)
@@ -148,7 +151,10 @@ def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record]
         arms[name] = {"turns": len(mine), "keeps": sum(r.get("label") == "keep" for r in mine),
                       "legal": round(sum(r.get("label") in LEGAL for r in mine) / len(mine), 3) if mine else None,
                       "yield": round(sum(ys) / len(ys), 4) if ys else None}
-    fresh = [i for i, n in enumerate(names) if arms[n]["turns"] < min_turns]
+        if name in in_flight:
+            arms[name]["in_flight"] = list(in_flight).count(name)
+    dealt = {n: a["turns"] + a.get("in_flight", 0) for n, a in arms.items()}   # turns, ended or not
+    fresh = [i for i, n in enumerate(names) if dealt[n] < min_turns]
     if fresh:
         last = max(done, key=lambda r: r["trial"], default=None)
         if last is not None and last.get("label") == "keep":
@@ -162,21 +168,22 @@ def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record]
             arms[n]["prior"] = round(gain[n], 5)
     if fresh:
         # Fewest turns first; among those the largest prior, then the order the task lists them in.
-        i = min(fresh, key=lambda j: (arms[names[j]]["turns"], -gain[names[j]], j))
-        why = f"{names[i]} has had {arms[names[i]]['turns']} of its first {min_turns} turn(s)"
+        i = min(fresh, key=lambda j: (dealt[names[j]], -gain[names[j]], j))
+        why = f"{names[i]} has had {dealt[names[i]]} of its first {min_turns} turn(s)"
     else:
-        total = sum(a["turns"] for a in arms.values())
+        total = sum(dealt.values())
         for n, a in arms.items():
             r0 = prior_reward(gain[n], bar)
             a["prior_reward"] = round(r0, 4)
-            a["bonus"] = round(explore * math.sqrt(2.0 * math.log(1 + total) / (1 + a["turns"])), 4)
+            a["bonus"] = round(explore * math.sqrt(2.0 * math.log(1 + total) / (1 + dealt[n])), 4)
             a["index"] = round((r0 + a["turns"] * (a["yield"] or 0.0)) / (1 + a["turns"]) + a["bonus"], 4)
-        i = min(range(k), key=lambda j: (-arms[names[j]]["index"], arms[names[j]]["turns"], j))
+        i = min(range(k), key=lambda j: (-arms[names[j]]["index"], dealt[names[j]], j))
         a = arms[names[i]]
         why = (f"highest UCB index {a['index']:.3f} = mean of prior {a['prior_reward']:.3f} and {a['turns']} "
                f"turn(s) of yield {a['yield'] if a['yield'] is not None else 0:.3f}, plus exploration "
                f"{a['bonus']:.3f} ({a['keeps']} keep(s)"
-               + (f", {100 * a['legal']:.0f}% legal)" if a["legal"] is not None else ")"))
+               + (f", {100 * a['legal']:.0f}% legal" if a["legal"] is not None else "")
+               + (f", {a['in_flight']} being measured)" if a.get("in_flight") else ")"))
     focus = priors[names[i]].technique if gain[names[i]] > 0 else None
     if focus:
         why += f"; its catalog expects up to {100 * gain[names[i]]:.2g}% from '{focus}'"

@@ -102,7 +102,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
             print(f"autoresearch promote: {ref} now holds the promoted recipe's measurement")
     record(d, p.record)
     print(f"autoresearch promote: recorded in {d / 'promotions.jsonl'}")
+    _refresh_report(d, "promote")
     return rc
+
+
+def _refresh_report(d: Path, who: str) -> None:
+    """A report already written next to the lineage shows what a command just recorded, not an older state."""
+    from .html_report import HTML_NAME, write_reports
+
+    if (d / HTML_NAME).is_file():
+        print(f"autoresearch {who}: {write_reports(d).describe()}")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -131,6 +140,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ok = bool(new[-1].get("reproduced"))
     print(f"autoresearch replay: trial {rec['trial']} {'reproduced' if ok else 'NOT reproduced'} "
           f"(recorded in {d / 'replays.jsonl'})")
+    _refresh_report(d, "replay")
     return 0 if ok else 1
 
 

@@ -23,6 +23,7 @@ from .report import fmt_score, keep_bar, shorten
 HTML_NAME = "report.html"
 PLOT_NAME = "progress.png"
 PROMOTIONS = "promotions.jsonl"
+REPLAYS = "replays.jsonl"
 
 
 @dataclass
@@ -61,7 +62,7 @@ def write_reports(lineage_dir: Path, records: Sequence[Record] | None = None, *,
         note = "matplotlib is not installed: pip install 'pytest-autoresearch[report]'"
     page = render(records, task=task, metric=metric, direction=direction, objective=objective,
                   plot_png=png.read_bytes() if png else None, plot_note=note,
-                  promotions=read_jsonl(lineage_dir / PROMOTIONS),
+                  promotions=read_jsonl(lineage_dir / PROMOTIONS), replays=read_jsonl(lineage_dir / REPLAYS),
                   source=source or str(lineage_dir / "lineage.jsonl"))
     out = lineage_dir / HTML_NAME
     tmp = out.with_name(f".{HTML_NAME}.tmp")
@@ -184,7 +185,7 @@ def _json_script(data: Any) -> str:
 
 def render(records: Sequence[Record], *, task: str, metric: str, direction: str, objective: Any = None,
            plot_png: bytes | None = None, plot_note: str = "", promotions: Sequence[dict[str, Any]] = (),
-           source: str = "") -> str:
+           replays: Sequence[dict[str, Any]] = (), source: str = "") -> str:
     recs = latest_per_trial(records)
     s = summary(recs, direction, objective)
     path = path_to_best(recs, direction)
@@ -248,9 +249,17 @@ def render(records: Sequence[Record], *, task: str, metric: str, direction: str,
         items = "".join(f"<li>trial {_e(p.get('trial'))} ({_e(fmt_score(p.get('score')))}) promoted to "
                         f"<code>{_e(p.get('recipe'))}</code> at {_e(p.get('promoted'))}</li>" for p in promotions)
         promo_html = f'<section id="promotions"><h2>Promotions</h2><ul>{items}</ul></section>'
+    if replays:
+        # A replay that did not reproduce is the one a reader must not miss: bold and red.
+        items = "".join(
+            f'<li class="{"reproduced" if p.get("reproduced") else "not-reproduced"}">trial {_e(p.get("trial"))} '
+            f'{"reproduced" if p.get("reproduced") else "<strong>NOT reproduced</strong>"} at '
+            f'{_e(p.get("replayed"))}: {_e(fmt_score(p.get("score")))} vs {_e(fmt_score(p.get("recorded_score")))} '
+            f'recorded ({_e(p.get("device"))}; {_e(p.get("budget"))})</li>' for p in replays)
+        promo_html += f'<section id="replays"><h2>Replays</h2><ul>{items}</ul></section>'
     data = {"task": task, "metric": metric, "direction": direction, "generated": generated, "source": source,
             "summary": s, "path": [r["trial"] for r in path], "trials": [trial_data(r) for r in recs],
-            "promotions": list(promotions)}
+            "promotions": list(promotions), "replays": list(replays)}
     return PAGE.format(
         title=_e(f"{task}: autoresearch report"), task=_e(task), metric=_e(metric), direction=_e(direction),
         generated=_e(generated), source=_e(source), summary_rows=summary_rows, label_rows=label_rows,
@@ -264,6 +273,7 @@ def _label_order(label: str) -> int:
 
 
 CSS = """
+#replays .not-reproduced{color:#b91c1c}
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
 header{padding:16px 24px;background:#1f2937;color:#fff}header h1{margin:0;font-size:20px}
 header p{margin:4px 0 0;color:#cbd5e1;font-size:12px}main{display:flex;gap:16px;padding:16px 24px;align-items:flex-start}

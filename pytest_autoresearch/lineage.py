@@ -51,6 +51,7 @@ class LineageView:
     failures: list[Record] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
     rule: str = ""   # the keep rule with its current numbers (acceptance.describe_rule)
+    in_flight: list[Record] = field(default_factory=list)   # claims of trials being measured now (Lineage.in_flight)
 
     def render(self, max_diff_lines: int = 40) -> str:
         """A plain-text rendering for prompts and logs."""
@@ -68,6 +69,9 @@ class LineageView:
             if recs:
                 lines.append(f"{title}:")
                 lines += ["  " + one_line(r, notes=title == "Recent failures") for r in recs]
+        if self.in_flight:
+            lines.append("Being measured now (not scored yet; their code is taken):")
+            lines += ["  " + in_flight_line(c) for c in self.in_flight]
         return "\n".join(lines)
 
 
@@ -78,6 +82,10 @@ def one_line(r: Record, notes: bool = True) -> str:
     if notes and r.get("notes"):
         s += f" | notes: {r['notes']}"
     return s
+
+
+def in_flight_line(c: Record) -> str:
+    return f"trial {c.get('trial')} [{c.get('specialist')}] parent={c.get('parent')}: {c.get('hypothesis') or ''}"
 
 
 class LineageLocked(RuntimeError):
@@ -125,6 +133,19 @@ class HeldLock:
             return f"pid {h['pid']} on {h['host']} since {h['since']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "an unknown process"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Lineage:
@@ -177,6 +198,60 @@ class Lineage:
             tmp.write_text(str(n + 1))
             os.replace(tmp, self._counter)
             return n
+
+    # -- trials being measured -------------------------------------------------------------------------
+    # Workers measure trials side by side, and a trial is recorded only when it ends: without these claims a
+    # proposer would not see the code a trial beside it is measuring, so two trials could measure the same code
+    # (two draws of its noise at one keep, and a worker's trial wasted).
+    @property
+    def _claims(self) -> Path:
+        return self.path.with_name("in_flight")
+
+    def in_flight(self, records: Sequence[Record] | None = None) -> list[Record]:
+        """The trials being measured now, oldest first: each one's claim (``claim_code``). A claim left by a process
+        that is gone, or whose trial is recorded already, is dropped. ``records``: the lineage as just read."""
+        try:
+            paths = sorted(self._claims.glob("*.json"))
+        except OSError:
+            return []
+        if not paths:
+            return []
+        host, out = socket.gethostname(), []
+        # A recorded trial's claim is over even if a process with its pid lives (another machine's, or a reused pid).
+        recorded = {r["trial"] for r in (self.records(quiet=True) if records is None else records)}
+        for p in paths:
+            try:
+                c = json.loads(p.read_text(encoding="utf-8"))
+                trial, pid = int(c["trial"]), int(c["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a claim this version wrote: never a reason to stop
+            if trial not in recorded and (c.get("host") != host or pid_alive(pid)):
+                out.append(c)
+            else:
+                p.unlink(missing_ok=True)
+        return out
+
+    def claim_code(self, claim: Record, records: Sequence[Record] | None = None) -> Record | None:
+        """Register that this process measures ``claim["trial"]``, whose code has ``claim["content_hash"]`` and
+        ``claim["code_hash"]``; None, or the live claim of another trial with the same code (then nothing is
+        registered). Under the lock, so of two trials with the same code exactly one gets the claim (``records``:
+        the lineage as read under this same hold of the lock)."""
+        with self.lock:
+            for c in self.in_flight(records):
+                if c["trial"] != claim["trial"] and (c.get("content_hash") == claim["content_hash"]
+                                                     or c.get("code_hash") == claim["code_hash"]):
+                    return c
+            self._claims.mkdir(exist_ok=True)
+            path = self._claims / f"{int(claim['trial']):06d}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**claim, "pid": os.getpid(), "host": socket.gethostname()},
+                                      ensure_ascii=False, default=str), encoding="utf-8")
+            os.replace(tmp, path)
+        return None
+
+    def release_code(self, trial: int) -> None:
+        """End ``trial``'s claim; the caller has appended its record first, so its code is always visible."""
+        (self._claims / f"{int(trial):06d}.json").unlink(missing_ok=True)
 
     def _max_recent_trial(self, window: int = 1 << 16) -> int:
         """The highest trial number among the records in the last ``window`` bytes of the file."""
@@ -276,7 +351,8 @@ def failures(records: list[Record], n: int) -> list[Record]:
 
 
 def make_view(task: str, metric: str, direction: str, records: list[Record], *, top: int = 5,
-              n_recent: int = 10, n_failures: int = 5, objective: Any = None) -> LineageView:
+              n_recent: int = 10, n_failures: int = 5, objective: Any = None,
+              in_flight: Sequence[Record] = ()) -> LineageView:
     b = best(records, direction)
     rule = ""
     if objective is not None:
@@ -288,7 +364,7 @@ def make_view(task: str, metric: str, direction: str, records: list[Record], *, 
         task=task, metric=metric, direction=direction, n_trials=len(records), best=b,
         top_k=top_k(records, direction, top), ancestors_of_best=ancestors(records, b["trial"]) if b else [],
         recent=recent(records, n_recent), failures=failures(records, n_failures), records=list(records),
-        rule=rule)
+        rule=rule, in_flight=list(in_flight))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from .integrity import check_outputs, digest, freeze, rmtree
 from .legality import run_checks
 from .acceptance import Verdict, bar_fraction, decide, measured_noise, per_seed, runs_behind, scale_of, transform
 from .allocation import Prior, catalog_priors, choose_parent, choose_specialist, merge_specialists
-from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view
+from .lineage import SCHEMA, HeldLock, Lineage, LineageLocked, Record, best, make_view, pid_alive
 from .runner import Phase, PhaseResult, run_phase, scrubbed_env
 from .sandbox import Bind, Limits, Sandbox, detect, sandbox_to_json
 from .task import Task, display_path
@@ -158,7 +158,7 @@ class TaskRun:
                 o = json.loads(owner.read_text())
             except (OSError, ValueError):
                 continue
-            if o.get("host") != host or _alive(int(o.get("pid", 0))):
+            if o.get("host") != host or pid_alive(int(o.get("pid", 0))):
                 continue
             for sub in ("src", "eval-src", "confirm", "confirm-best"):
                 rmtree(d / sub)
@@ -546,9 +546,11 @@ class TaskRun:
         self._own(trial)
         started = _now()
         records = self.lineage.records()
+        flying = self.lineage.in_flight(records)   # trials measured beside this one (workers): not recorded yet
         lc = self.cfg.lineage
         full = make_view(self.task.name, self.task.objective.metric, self.task.objective.direction, records,
-                         top=lc.top_k, n_recent=lc.recent, n_failures=lc.failures, objective=self.task.objective)
+                         top=lc.top_k, n_recent=lc.recent, n_failures=lc.failures, objective=self.task.objective,
+                         in_flight=flying)
         assert full.best is not None  # ensure_baseline guarantees one
         sc = self.cfg.search
         specs = self.specialists
@@ -556,7 +558,7 @@ class TaskRun:
         def priors() -> dict[str, Any]:  # read from git only when the bandit decides
             files = self.repo.files_at(self.commit_of(full.best))
             out = catalog_priors(specs, files, self.task.objective.direction, float(full.best.get("score") or 0.0),
-                                 {r.get("content_hash") for r in records} - {None})
+                                 {r.get("content_hash") for r in [*records, *flying]} - {None})
             predict = getattr(self.agent, "prior", None)
             if callable(predict):  # an agent that can predict its own moves knows more than the catalog alone
                 view = full if sc.lineage_view else make_view(  # what the agent is shown, nothing more
@@ -577,7 +579,8 @@ class TaskRun:
         turn = choose_specialist(str(self.cfg.schedule), [x.name for x in specs], records, trial,
                                  int(self.cfg.seed), explore=float(sc.bandit_explore),
                                  min_turns=int(sc.bandit_min_turns), priors=priors,
-                                 bar=bar_fraction(self.task.objective, records, full.best))
+                                 bar=bar_fraction(self.task.objective, records, full.best),
+                                 in_flight=[str(c.get("specialist")) for c in flying])
         spec = specs[turn.index]
         parent, parent_why = choose_parent(str(sc.parent), records, self.task.objective.direction, full.best,
                                            spec.name, trial, int(self.cfg.seed), k=int(sc.parent_k))
@@ -647,8 +650,8 @@ class TaskRun:
             check_surface(files, after, spec.surface, spec.name)
             check_forbidden(files, after, self.task.evaluator.forbidden)
             check_compiles(after, changed)
-            self._check_not_measured(rec["content_hash"], rec["code_hash"])
             self._check_size(after)
+            self._check_not_measured(rec)
         except SurfaceViolation as e:
             label, notes = "surface_violation", str(e)
         except EditError as e:
@@ -671,23 +674,36 @@ class TaskRun:
             label = self._confirm(trial, rec["commit"], outcome)
         return self._finish(rec, outcome, label=label)
 
-    def _check_not_measured(self, text: str, code: str) -> None:
-        """Refuse code the lineage already scored. A second measurement of the same code is a second draw of its
-        noise, not a new trial: k submissions of a no-op would get about k chances at a lucky keep. Same code is
-        the same ``content_hash`` (``text``) or ``code_hash`` (``code``: other comments or layout). Code whose
-        earlier run failed for a reason a re-run can change (crash, budget_overrun, ...) may run again."""
-        for r in self.lineage.records(quiet=True):
-            if r.get("label") not in MEASURED_LABELS:
-                continue
-            exact = r.get("content_hash") == text
-            if exact or r.get("code_hash") == code:
-                score = r.get("score")
-                measured = f"{r['label']}" + (f", {self.task.objective.metric} {score:.6g}"
-                                              if isinstance(score, (int, float)) else "")
-                how = "exactly" if exact else "up to comments and layout"
-                raise EditError(f"it reproduces trial {r['trial']}'s code {how}, which was already measured "
-                                f"({measured}); the same code measured again is not a new trial: propose a "
-                                f"change to it")
+    def _check_not_measured(self, rec: Record) -> None:
+        """Refuse code the lineage already scored, or that a trial beside this one is measuring now; else claim
+        it for this trial until its record is written. A second measurement of the same code is a second draw of
+        its noise, not a new trial: k submissions of a no-op would get about k chances at a lucky keep. Same code
+        is the same ``content_hash`` or ``code_hash`` (other comments or layout). Code whose earlier run failed for
+        a reason a re-run can change (crash, budget_overrun, ...) may run again."""
+        text, code = rec["content_hash"], rec["code_hash"]
+        # Records and claims read as one state: a trial's record lands before its claim goes, under this lock.
+        with self.lineage.lock:
+            records = self.lineage.records(quiet=True)
+            for r in records:
+                if r.get("label") not in MEASURED_LABELS:
+                    continue
+                exact = r.get("content_hash") == text
+                if exact or r.get("code_hash") == code:
+                    score = r.get("score")
+                    measured = f"{r['label']}" + (f", {self.task.objective.metric} {score:.6g}"
+                                                  if isinstance(score, (int, float)) else "")
+                    how = "exactly" if exact else "up to comments and layout"
+                    raise EditError(f"it reproduces trial {r['trial']}'s code {how}, which was already measured "
+                                    f"({measured}); the same code measured again is not a new trial: propose a "
+                                    f"change to it")
+            held = self.lineage.claim_code({
+                "trial": rec["trial"], "specialist": rec.get("specialist"), "parent": rec.get("parent"),
+                "hypothesis": rec.get("hypothesis"), "kind": rec.get("kind"), "content_hash": text,
+                "code_hash": code, "started": rec.get("started"), "session": self.session_id}, records)
+        if held is not None:
+            raise EditError(f"it reproduces the code trial {held['trial']} [{held.get('specialist')}] is measuring "
+                            f"right now; the same code measured twice is not a new trial: propose a change that "
+                            f"trial is not making")
 
     def _confirm(self, trial: int, commit: str, outcome: Outcome) -> str | None:
         """A would-be keep is measured again right after the best is re-measured, so both see the same
@@ -895,6 +911,7 @@ class TaskRun:
             rmtree(d / "out")
 
     def _cleanup(self, trial: int) -> None:
+        self.lineage.release_code(trial)  # after the record: its code is never out of sight
         d = self._trial_dir(trial)
         self._cleanup_dir(d)
         (d / "owner.json").unlink(missing_ok=True)
@@ -953,18 +970,6 @@ def _traceback_tail(r: PhaseResult) -> str:
     tail = (r.error or {}).get("traceback_tail") or ""
     lines = [ln for ln in tail.strip().splitlines() if ln.strip()][-6:]
     return ("\n" + "\n".join(lines)) if lines else ""
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _ignores_seed(first: Mapping[int, float], second: Mapping[int, float], best_first: Mapping[int, float],

@@ -97,3 +97,42 @@ def test_queries_best_topk_ancestors_recent_failures():
     view = make_view("t", "loss", "minimize", rs, top=2, n_recent=3, n_failures=1)
     text = view.render()
     assert "Current best: trial 3" in text and "notes: boom" in text and "acc low" not in text
+
+
+def _hold_claim(path: str, trial: int, ready, done) -> None:
+    Lineage(Path(path)).claim_code({"trial": trial, "specialist": "opt", "content_hash": "c1", "code_hash": "k1",
+                                    "hypothesis": "lr 0.2"})
+    ready.set()
+    done.wait(60)
+
+
+def test_code_in_flight_is_claimed_by_one_trial_across_processes_until_recorded_or_its_process_dies(tmp_path):
+    path = tmp_path / "lineage.jsonl"
+    lin = Lineage(path)
+    lin.append(rec(0, "baseline"))
+    ctx = mp.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_claim, args=(str(path), 1, ready, done))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        flying = lin.in_flight()
+        assert [(c["trial"], c["pid"], c["hypothesis"]) for c in flying] == [(1, holder.pid, "lr 0.2")]
+        # The same code, by its text or by its syntax tree, is taken; other code is not.
+        assert lin.claim_code({"trial": 2, "content_hash": "c1", "code_hash": "other"})["trial"] == 1
+        assert lin.claim_code({"trial": 3, "content_hash": "other", "code_hash": "k1"})["trial"] == 1
+        assert lin.claim_code({"trial": 4, "content_hash": "c4", "code_hash": "k4"}) is None
+        assert sorted(c["trial"] for c in lin.in_flight()) == [1, 4]
+        assert "trial 1 [opt] parent=None: lr 0.2" in make_view("t", "loss", "minimize", lin.records(),
+                                                                  in_flight=lin.in_flight()).render()
+        lin.release_code(4)
+        assert [c["trial"] for c in lin.in_flight()] == [1]
+    finally:
+        done.set()
+        holder.join(30)
+    # Its process is gone without recording trial 1 (killed): the claim is stale and the code free again.
+    assert lin.in_flight() == []
+    assert lin.claim_code({"trial": 5, "content_hash": "c1", "code_hash": "k1"}) is None
+    # A recorded trial's claim is over even while its process lives.
+    lin.append(rec(5))
+    assert lin.in_flight() == [] and not list((tmp_path / "in_flight").glob("*.json"))

@@ -276,3 +276,21 @@ def test_the_prior_it_gives_the_bandit_is_its_best_predicted_gain(task):
     assert q.technique == "warm" and q.gain == pytest.approx(0.3)
     # With nothing to predict from (a quality score, no catalog, nothing measured) it says so: the catalog decides.
     assert OfflineAgent().prior(request(task, [NOISY_BASE])) is None
+
+
+def test_never_proposes_code_a_trial_beside_it_is_measuring(task):
+    tech = Technique("lookahead", "Average weights.", (Edit("train.py", "lr = 0.1", "lr = 0.1\nlookahead = True"),),
+                     expected_delta=-0.5)
+    spec = Specialist("opt", Surface(regions=("train.py::opt",)), "x", catalog=(tech,))
+    files = files_of(task)
+    taken = content_hash(apply_edits(files, tech.edits))
+    free = dataclasses.replace(request(task, [BASE], spec=spec), focus="lookahead")
+    busy = dataclasses.replace(free, view=make_view("toy", "mse", "minimize", [BASE],
+                                                    in_flight=[{"trial": 4, "content_hash": taken}]))
+
+    def picks(req: ProposalRequest) -> list[str]:
+        return [content_hash(apply_edits(files, OfflineAgent(seed=s).propose(dataclasses.replace(req, trial=t)).edits))
+                for s in range(3) for t in (5, 6, 7)]
+
+    assert picks(free).count(taken) >= 5   # the turn was given for it: drawn most of the time
+    assert taken not in picks(busy)

@@ -122,6 +122,10 @@ def test_session_reports_then_show_promote_replay_audit(toy, tmp_path, capsys, m
     assert entries[1]["recipe_hash"] == records[3]["content_hash"]
     promo = [json.loads(x) for x in (lin / "promotions.jsonl").read_text().splitlines()]
     assert promo[-1]["trial"] == 3 and promo[-1]["files"] == ["train.py"] and promo[-1]["reference"]["updated"]
+    # The session's report, rewritten by promote: it already shows the promotion.
+    assert f"autoresearch promote: report: {page_path}" in out
+    assert re.search(r'<section id="promotions">.*trial 3 \(0\.000107692\) promoted to',
+                     page_path.read_text(encoding="utf-8"), re.S)
     # The folder now holds trial 3's code (recorded), so promoting again is allowed; changes of one's own are not.
     recipe.write_text(recipe.read_text() + "# my own edit\n")
     assert command(["promote", "toy", "1", "--lineage", str(tmp_path / ".autoresearch"), "--no-remeasure"]) == 2
@@ -133,6 +137,10 @@ def test_session_reports_then_show_promote_replay_audit(toy, tmp_path, capsys, m
     replays = [json.loads(x) for x in (lin / "replays.jsonl").read_text().splitlines()]
     assert len(replays) == 1 and replays[0]["reproduced"] and replays[0]["budget"] == "the lineage's budget"
     assert replays[0]["score"] == records[3]["score"]
+    page = page_path.read_text(encoding="utf-8")
+    assert re.search(r'<section id="replays"><h2>Replays</h2><ul><li class="reproduced">trial 3 reproduced at '
+                     r'[^<]*: 0\.000107692 vs 0\.000107692 recorded', page), page[page.find('id="replays"'):][:400]
+    assert _report_data(page)["replays"][0]["reproduced"] is True
 
     # -- the report written again shows the promotion
     assert command(["report", "toy", "--lineage", str(tmp_path / ".autoresearch")]) == 0

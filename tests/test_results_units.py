@@ -6,6 +6,7 @@ import math
 import pytest
 
 from pytest_autoresearch.audit import Surface, Touch, audit_records, touched
+from pytest_autoresearch.html_report import render
 from pytest_autoresearch.reference import Machine, ReferenceError, compare, load, save
 from pytest_autoresearch.replay import compare as replay_compare
 from pytest_autoresearch.task import Objective
@@ -74,6 +75,14 @@ def test_replay_comparison():
     assert off.status == "not_reproduced" and off.failed and "NOT reproduced: mse 1.2 now vs 1 recorded" in off.message
     crashed = replay_compare(recorded, {"label": "crash", "score": None}, noise, obj)
     assert crashed.status == "not_reproduced" and "recorded keep, replayed crash" in crashed.message
+    # The report says it in its replays section, the failed one marked so it is not read past.
+    base = {"trial": 0, "label": "baseline", "score": 2.0, "parent": None, "specialist": "baseline"}
+    page = render([base, {**recorded, "parent": 0, "specialist": "opt"}], task="t", metric="mse",
+                  direction="minimize", replays=[
+                      {"trial": 3, "reproduced": True, "replayed": "T1", "score": 1.01, "recorded_score": 1.0},
+                      {"trial": 3, "reproduced": False, "replayed": "T2", "score": 1.2, "recorded_score": 1.0}])
+    assert '<li class="reproduced">trial 3 reproduced at T1: 1.01 vs 1 recorded' in page
+    assert '<li class="not-reproduced">trial 3 <strong>NOT reproduced</strong> at T2: 1.2 vs 1 recorded' in page
 
 
 RECIPE = "x = 1\n# autoresearch: begin opt\nlr = 0.1\n# autoresearch: end opt\n# autoresearch: begin arch\nw = 8\n" \

@@ -135,6 +135,22 @@ def test_yield_counts_cost_and_leaves_agent_side_failures_out():
     assert choose_specialist("bandit", names, records + outage, 40, seed=0).arms["dear"]["turns"] == 4
 
 
+def test_a_turn_being_measured_counts_as_its_specialists_turn():
+    names = ["opt", "arch"]
+    records = [_record(0, "baseline", "baseline"), _record(1, "opt", "discard", gain=0.005, bar=0.01)]
+    # Dealing first turns: the one being measured is dealt, so the next goes to the other.
+    assert names[choose_specialist("bandit", names, records[:1], 2, seed=0, min_turns=1).index] == "opt"
+    assert names[choose_specialist("bandit", names, records[:1], 2, seed=0, min_turns=1,
+                                   in_flight=["opt"]).index] == "arch"
+    # UCB: arch's untried arm wins on exploration (0.59 against 0.13 + 0.42), until its first trial is in flight
+    # (0.52 against 0.13 + 0.52).
+    alone = choose_specialist("bandit", names, records, 2, seed=0, explore=0.5)
+    assert names[alone.index] == "arch" and alone.arms["arch"]["bonus"] > alone.arms["opt"]["bonus"]
+    busy = choose_specialist("bandit", names, records, 3, seed=0, explore=0.5, in_flight=["arch"])
+    assert names[busy.index] == "opt" and busy.arms["arch"] == {**busy.arms["arch"], "turns": 0, "in_flight": 1}
+    assert busy.arms["arch"]["yield"] is None   # nothing measured yet: no yield invented for it
+
+
 def test_round_robin_and_random_are_still_there():
     names = ["a", "b", "c"]
     assert [choose_specialist("round_robin", names, [], t, 0).index for t in range(1, 7)] == [0, 1, 2, 0, 1, 2]

@@ -15,6 +15,7 @@ def _pytest(root, *args, script=False):
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "PYTEST_ADDOPTS")}
     if script:
         env["TOY_SCRIPT"] = str(root / "script.json")
+        env["TOY_SEEN"] = str(root / "seen.jsonl")
     proc = subprocess.run([sys.executable, "-m", "pytest", *QUIET, "tasks/toy", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
@@ -42,6 +43,28 @@ def test_two_workers_run_trials_at_once_into_one_lineage(tmp_path):
     overlaps = [min(a[1], b[1]) - max(a[0], b[0]) for a, b in zip(spans, spans[1:])]
     assert max(overlaps) > 0.5, spans
     assert (tmp_path / ".autoresearch/toy/workers").is_dir()   # submitit's job folders, next to the lineage
+
+
+def test_code_a_worker_is_measuring_is_shown_to_the_next_proposer_and_not_measured_twice(tmp_path):
+    lr = {"path": "train.py", "search": "lr = 0.1", "replace": "lr = 0.05"}
+    write_toy_task(tmp_path, sleep_s=1.5, seeds=(0,), script=[
+        {"edits": [lr], "hypothesis": "halve lr"},
+        {"edits": [dict(lr, replace="lr = 0.05  # the same, said again")], "hypothesis": "halve lr again"},
+        {"edits": [dict(lr, replace="lr = 0.2")], "hypothesis": "double lr"}])
+    proc = _pytest(tmp_path, "--autoresearch-trials", "3", "--autoresearch-agent", "scripted",
+                   "--autoresearch-override", "workers.executor=local", "--autoresearch-override", "workers.n=2",
+                   "--autoresearch-override", "search.specialists=merged", script=True)
+    assert proc.returncode == 0, proc.output
+    recs = {r["trial"]: r for r in read_lineage(tmp_path / ".autoresearch/toy/lineage.jsonl")}
+    # Trial 2 was proposed while trial 1 ran on its worker: it saw it, and its copy of trial 1's code was refused.
+    seen = {s["trial"]: s["in_flight"] for s in read_lineage(tmp_path / "seen.jsonl")}
+    assert seen[2] == [1]
+    assert recs[1]["label"] in ("keep", "discard") and recs[1]["score"] is not None
+    assert recs[2]["label"] == "preflight_crash" and recs[2]["score"] is None
+    assert "reproduces the code trial 1 [generalist] is measuring right now" in recs[2]["notes"]
+    assert recs[2]["code_hash"] == recs[1]["code_hash"]
+    assert recs[3]["label"] in ("keep", "discard") and recs[3]["score"] is not None
+    assert not list((tmp_path / ".autoresearch/toy/in_flight").glob("*.json"))   # every claim ended with its trial
 
 
 def test_an_agent_stop_holds_for_the_whole_search(tmp_path):

@@ -192,7 +192,8 @@ class OfflineAgent:
         records = view.records
         # A repeat is the same resulting code, not the same textual change: a change discarded on an old
         # parent may still pay off on the current best, so it stays a (down-weighted) candidate.
-        tried = {r.get("content_hash") for r in records} - {None}
+        # Code a trial beside this one is measuring is taken too: the harness would refuse it.
+        tried = {r.get("content_hash") for r in [*records, *view.in_flight]} - {None}
         cands = surface_candidates(files, spec.surface)
         raw, records = records, _as_knob_steps(records, cands)
         cands += self._catalog(spec, files, request.focus)
@@ -230,8 +231,10 @@ class OfflineAgent:
         spec, files, records = request.specialist, dict(request.files), request.view.records
         usable, bar, tried = self._usable(request)
         if not usable:
+            busy = f" or is being measured by trial(s) {sorted(c.get('trial') for c in request.view.in_flight)}" \
+                if request.view.in_flight else ""
             raise NoProposal(f"offline agent: every change it knows inside the surface of '{spec.name}' "
-                             f"({spec.surface.describe()}) was already tried")
+                             f"({spec.surface.describe()}) was already tried{busy}")
         rng = random.Random(f"{self.seed}:{request.task.name}:{request.trial}:{spec.name}")
         total = sum(c.weight for c in usable)
         pick = rng.uniform(0, total)

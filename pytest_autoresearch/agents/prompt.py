@@ -22,7 +22,7 @@ import re
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..legality import ArtifactBytesAtMost, MetricAtLeast, MetricAtMost, MetricIsTrue
-from ..lineage import FAILURES, LineageView, Record, ancestors, best, failures, recent, top_k
+from ..lineage import FAILURES, LineageView, Record, ancestors, best, failures, in_flight_line, recent, top_k
 from .tools import numbered
 
 if TYPE_CHECKING:
@@ -392,6 +392,9 @@ def render_view(view: LineageView, sizes: Mapping[str, int], task: "Task | None"
             out.append("- " + trial_line(r, task, **kw))
             if title.startswith("Recent trials") and sizes["recent_diff_lines"]:
                 out += ["      " + ln for ln in _changed_lines(r.get("diff") or "", sizes["recent_diff_lines"])]
+    if view.in_flight:
+        out.append("## Being measured now on other workers (not scored yet; the same code would be refused)")
+        out += ["- " + in_flight_line(c) for c in view.in_flight]
     return "\n".join(out)
 
 
