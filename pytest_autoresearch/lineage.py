@@ -250,7 +250,7 @@ class Lineage:
         return None
 
     def release_code(self, trial: int) -> None:
-        """End ``trial``'s claim; the caller has appended its record first, so its code is always visible."""
+        """End ``trial``'s claim, after its record (if it has one) was appended: its code never drops from view."""
         (self._claims / f"{int(trial):06d}.json").unlink(missing_ok=True)
 
     def _max_recent_trial(self, window: int = 1 << 16) -> int:

@@ -698,7 +698,7 @@ class TaskRun:
                                     f"change to it")
             held = self.lineage.claim_code({
                 "trial": rec["trial"], "specialist": rec.get("specialist"), "parent": rec.get("parent"),
-                "hypothesis": rec.get("hypothesis"), "kind": rec.get("kind"), "content_hash": text,
+                "hypothesis": masking.clean(rec.get("hypothesis")), "kind": rec.get("kind"), "content_hash": text,
                 "code_hash": code, "started": rec.get("started"), "session": self.session_id}, records)
         if held is not None:
             raise EditError(f"it reproduces the code trial {held['trial']} [{held.get('specialist')}] is measuring "

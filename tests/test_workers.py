@@ -48,7 +48,7 @@ def test_two_workers_run_trials_at_once_into_one_lineage(tmp_path):
 def test_code_a_worker_is_measuring_is_shown_to_the_next_proposer_and_not_measured_twice(tmp_path):
     lr = {"path": "train.py", "search": "lr = 0.1", "replace": "lr = 0.05"}
     write_toy_task(tmp_path, sleep_s=1.5, seeds=(0,), script=[
-        {"edits": [lr], "hypothesis": "halve lr"},
+        {"edits": [lr], "hypothesis": "\x1b[2Jhalve lr"},
         {"edits": [dict(lr, replace="lr = 0.05  # the same, said again")], "hypothesis": "halve lr again"},
         {"edits": [dict(lr, replace="lr = 0.2")], "hypothesis": "double lr"}])
     proc = _pytest(tmp_path, "--autoresearch-trials", "3", "--autoresearch-agent", "scripted",
@@ -57,8 +57,11 @@ def test_code_a_worker_is_measuring_is_shown_to_the_next_proposer_and_not_measur
     assert proc.returncode == 0, proc.output
     recs = {r["trial"]: r for r in read_lineage(tmp_path / ".autoresearch/toy/lineage.jsonl")}
     # Trial 2 was proposed while trial 1 ran on its worker: it saw it, and its copy of trial 1's code was refused.
-    seen = {s["trial"]: s["in_flight"] for s in read_lineage(tmp_path / "seen.jsonl")}
-    assert seen[2] == [1]
+    seen = {s["trial"]: s for s in read_lineage(tmp_path / "seen.jsonl")}
+    assert seen[2]["in_flight"] == [1]
+    # Its hypothesis is cleaned as the record's is: no control character reaches another proposer's prompt.
+    shown = seen[2]["hypotheses"][0]
+    assert shown == recs[1]["hypothesis"] and "\x1b" not in shown and shown.endswith("halve lr")
     assert recs[1]["label"] in ("keep", "discard") and recs[1]["score"] is not None
     assert recs[2]["label"] == "preflight_crash" and recs[2]["score"] is None
     assert "reproduces the code trial 1 [generalist] is measuring right now" in recs[2]["notes"]

@@ -152,8 +152,8 @@ class Scripted:
         step = self.script[(request.trial - 1) % len(self.script)]
         if os.environ.get("TOY_SEEN"):  # what the proposer was shown of the trials measured beside it
             with open(os.environ["TOY_SEEN"], "a") as f:
-                f.write(json.dumps({"trial": request.trial, "in_flight": [c["trial"] for c in request.view.in_flight]})
-                        + "\\n")
+                f.write(json.dumps({"trial": request.trial, "in_flight": [c["trial"] for c in request.view.in_flight],
+                                    "hypotheses": [c["hypothesis"] for c in request.view.in_flight]}) + "\\n")
         if step.get("no_proposal"):
             raise NoProposal(step["no_proposal"])
         if step.get("stop"):
