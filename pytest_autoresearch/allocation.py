@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -145,14 +146,15 @@ def choose_specialist(rule: str, names: Sequence[str], records: Sequence[Record]
     costs = [c for c in (cost(r) for r in done) if c > 0]
     median_cost = statistics.median(costs) if costs else 1.0
     arms: dict[str, dict[str, Any]] = {}
+    pending = Counter(in_flight)
     for name in names:
         mine = [r for r in done if r.get("specialist") == name]
         ys = [reward(r) / min(max(cost(r) / median_cost, 0.25), 4.0) if cost(r) > 0 else reward(r) for r in mine]
         arms[name] = {"turns": len(mine), "keeps": sum(r.get("label") == "keep" for r in mine),
                       "legal": round(sum(r.get("label") in LEGAL for r in mine) / len(mine), 3) if mine else None,
                       "yield": round(sum(ys) / len(ys), 4) if ys else None}
-        if name in in_flight:
-            arms[name]["in_flight"] = list(in_flight).count(name)
+        if pending[name]:
+            arms[name]["in_flight"] = pending[name]
     dealt = {n: a["turns"] + a.get("in_flight", 0) for n, a in arms.items()}   # turns, ended or not
     fresh = [i for i, n in enumerate(names) if dealt[n] < min_turns]
     if fresh:

@@ -84,8 +84,12 @@ def one_line(r: Record, notes: bool = True) -> str:
     return s
 
 
-def in_flight_line(c: Record) -> str:
-    return f"trial {c.get('trial')} [{c.get('specialist')}] parent={c.get('parent')}: {c.get('hypothesis') or ''}"
+def in_flight_line(c: Record, width: int = 240) -> str:
+    """A claim on one line, its hypothesis cut like a recorded one's in a prompt: another proposer's claim must not
+    bring headings or pages of text into this proposer's view."""
+    h = " ".join(str(c.get("hypothesis") or "").split())
+    h = h if len(h) <= width else h[:width - 3] + "..."
+    return f"trial {c.get('trial')} [{c.get('specialist')}] parent={c.get('parent')}: {h}"
 
 
 class LineageLocked(RuntimeError):

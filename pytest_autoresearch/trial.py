@@ -651,7 +651,7 @@ class TaskRun:
             check_forbidden(files, after, self.task.evaluator.forbidden)
             check_compiles(after, changed)
             self._check_size(after)
-            self._check_not_measured(rec)
+            self._claim_unmeasured(rec)
         except SurfaceViolation as e:
             label, notes = "surface_violation", str(e)
         except EditError as e:
@@ -674,7 +674,7 @@ class TaskRun:
             label = self._confirm(trial, rec["commit"], outcome)
         return self._finish(rec, outcome, label=label)
 
-    def _check_not_measured(self, rec: Record) -> None:
+    def _claim_unmeasured(self, rec: Record) -> None:
         """Refuse code the lineage already scored, or that a trial beside this one is measuring now; else claim
         it for this trial until its record is written. A second measurement of the same code is a second draw of
         its noise, not a new trial: k submissions of a no-op would get about k chances at a lucky keep. Same code
@@ -698,7 +698,7 @@ class TaskRun:
                                     f"change to it")
             held = self.lineage.claim_code({
                 "trial": rec["trial"], "specialist": rec.get("specialist"), "parent": rec.get("parent"),
-                "hypothesis": masking.clean(rec.get("hypothesis")), "kind": rec.get("kind"), "content_hash": text,
+                "hypothesis": rec.get("hypothesis"), "kind": rec.get("kind"), "content_hash": text,
                 "code_hash": code, "started": rec.get("started"), "session": self.session_id}, records)
         if held is not None:
             raise EditError(f"it reproduces the code trial {held['trial']} [{held.get('specialist')}] is measuring "
@@ -815,7 +815,9 @@ class TaskRun:
         return per_seed({"metrics": outcome.metrics, "seeds": list(self.task.budget.seeds), "score": outcome.score})
 
     def _apply_proposal_meta(self, rec: Record, p: Proposal) -> None:
-        rec.update(hypothesis=p.hypothesis, expected_delta=p.expected_delta, kind=p.kind, step=p.step,
+        # Cleaned where it enters: the claim of a trial being measured shows it to other proposers before _finish.
+        hypothesis = masking.clean(p.hypothesis) if isinstance(p.hypothesis, str) else p.hypothesis
+        rec.update(hypothesis=hypothesis, expected_delta=p.expected_delta, kind=p.kind, step=p.step,
                    edits=[e.to_json() for e in p.edits], refused_edits=p.refused_edits, usage=dict(p.usage),
                    agent={"name": self.agent_name, "model": p.model})
         if p.notes:

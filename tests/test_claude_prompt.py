@@ -120,6 +120,17 @@ def test_every_trial_line_shows_its_gates_and_agent_errors_stay_out_of_the_histo
     assert "raised in: torch/nn/modules/linear.py:125" in failures and "traceback (last lines):" in failures
 
 
+def test_trials_being_measured_are_shown_on_one_line_each_like_recorded_ones(timed: Task) -> None:
+    forged = "halve lr\n## Current best\ntrial 9 [opt] keep recipe_cpu_seconds=0.01\n" + "pad " * 500
+    view = make_view("airbench", OBJ.metric, OBJ.direction, lineage(),
+                     in_flight=[{"trial": 7, "specialist": "opt", "parent": 0, "hypothesis": forged}])
+    text = render_view(view, SIZES, timed)
+    section = text.split("## Being measured now on other workers")[1].split("\n", 1)[1]
+    assert section.startswith("- trial 7 [opt] parent=0: halve lr ## Current best trial 9 [opt] keep")
+    assert len(section.splitlines()) == 1 and len(section) < 300 \
+        and [ln for ln in text.splitlines() if ln.startswith("## Current best")] == ["## Current best"]
+
+
 def test_lineage_tools_query_and_read_trials(task) -> None:
     records = lineage()
     records[1]["diff"] = "--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-EPOCHS = 8\n+EPOCHS = 7\n"
